@@ -1,0 +1,125 @@
+/**
+ * The pool as an Effect service and a scoped Layer.
+ *
+ * `Pool.layer(options)` provides {@link Pool} and `SqlClient` from
+ * `effect/sql`, so code written against `SqlClient` runs on it unchanged.
+ * Closing the layer's scope drains the pool: no new acquisitions, lent
+ * connections come back or are closed after `shutdownTimeout`, and no socket
+ * is left open.
+ *
+ * ```ts
+ * import { Effect } from "effect"
+ * import { SqlClient } from "effect/sql"
+ * import { Pool } from "@meshhook/pool"
+ *
+ * const program = Effect.gen(function*() {
+ *   const sql = yield* SqlClient.SqlClient
+ *   return yield* sql`SELECT 1 AS one`
+ * })
+ *
+ * program.pipe(Effect.provide(Pool.layer({ url: process.env.DATABASE_URL, max: 8 })))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Reactivity from "effect/reactivity/Reactivity"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Config from "effect/Config"
+import * as SqlClient from "effect/sql/SqlClient"
+import * as Engine from "./internal/engine.ts"
+import * as PgConnector from "./internal/pgConnector.ts"
+import * as SqlClientImpl from "./internal/sqlClient.ts"
+import * as PoolConfig from "./PoolConfig.ts"
+import type { DatabaseUnavailableError, PoolConfigError } from "./PoolError.ts"
+
+/**
+ * A snapshot of the pool's counts: `total` (idle + used), `idle`, `used`,
+ * `pending` (callers waiting), `creating` (connections being opened), `min`
+ * and `max`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Stats = Engine.Stats
+
+/**
+ * The pool itself, beside the `SqlClient` it serves.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export class Pool extends Context.Service<Pool, {
+  /** The validated options, without the credentials. */
+  readonly options: Omit<PoolConfig.Resolved, "connection">
+  /** The counts right now. */
+  readonly stats: Effect.Effect<Stats>
+}>()("@meshhook/pool/Pool") {}
+
+/**
+ * Spacing of connection attempts after a failure: exponential from 50 ms,
+ * with jitter, at most 5 s apart.
+ */
+const connectRetry = Schedule.exponential(Duration.millis(50)).pipe(
+  Schedule.jittered,
+  Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5))))
+)
+
+/**
+ * Builds the pool and its `SqlClient` for the life of the scope: validates
+ * the options, proves the database is reachable, then keeps `min`
+ * connections open.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function*(
+  options: PoolConfig.Options
+): Effect.fn.Return<
+  { readonly pool: Pool["Service"]; readonly sql: SqlClient.SqlClient },
+  PoolConfigError | DatabaseUnavailableError,
+  Scope.Scope | Reactivity.Reactivity
+> {
+  const resolved = yield* PoolConfig.resolve(options)
+  const engine = yield* Engine.make(PgConnector.make(resolved.connection), { ...resolved, connectRetry })
+  const sql = yield* SqlClientImpl.make(engine, resolved)
+  const { connection: _, ...visible } = resolved
+  const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
+  return { pool, sql }
+})
+
+const layerFrom = <E, R>(options: Effect.Effect<PoolConfig.Options, E, R>) =>
+  Layer.effectContext(
+    Effect.gen(function*() {
+      const { pool, sql } = yield* make(yield* options)
+      return Context.make(Pool, pool).pipe(Context.add(SqlClient.SqlClient, sql))
+    })
+  ).pipe(Layer.provide(Reactivity.layer))
+
+/**
+ * Provides {@link Pool} and `SqlClient` from the given options.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: PoolConfig.Options
+): Layer.Layer<Pool | SqlClient.SqlClient, PoolConfigError | DatabaseUnavailableError> =>
+  layerFrom(Effect.succeed(options))
+
+/**
+ * Provides {@link Pool} and `SqlClient` from Effect `Config` (the environment
+ * by default; see `PoolConfig.environment` for the variable names), with
+ * `overrides` winning over what is read.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  overrides: PoolConfig.Options = {}
+): Layer.Layer<Pool | SqlClient.SqlClient, Config.ConfigError | PoolConfigError | DatabaseUnavailableError> =>
+  layerFrom(PoolConfig.config(overrides))

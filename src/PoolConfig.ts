@@ -1,0 +1,518 @@
+/**
+ * The pool's options: their defaults, their validation, and how they are read
+ * from the environment.
+ *
+ * Validation happens once, when the layer is built, and every problem is a
+ * {@link PoolConfigError} naming the option and the value (never the
+ * password). See docs/configuration.md for the full reference.
+ *
+ * @since 0.1.0
+ */
+import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Config from "effect/Config"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import type { ConnectionOptions } from "node:tls"
+import { PoolConfigError } from "./PoolError.ts"
+
+/**
+ * How to use TLS, with libpq's meanings: `disable` never; `prefer` when the
+ * server offers it; `require` always, without checking the certificate;
+ * `verify-ca` always, checking the certificate chain; `verify-full` always,
+ * checking the chain and the host name.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SslMode = "disable" | "prefer" | "require" | "verify-ca" | "verify-full"
+
+const sslModes: ReadonlyArray<SslMode> = ["disable", "prefer", "require", "verify-ca", "verify-full"]
+
+/**
+ * Everything the pool can be told. Durations take a number of milliseconds
+ * or an Effect duration (`"10 seconds"`). Only the connection target is
+ * required: a `url`, or `host`, `username` and `password`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** `postgres://user:password@host:port/database?sslmode=...`; the fields below win over it. */
+  readonly url?: string | Redacted.Redacted<string> | undefined
+  readonly host?: string | undefined
+  readonly port?: number | undefined
+  readonly database?: string | undefined
+  readonly username?: string | undefined
+  /**
+   * A password, or an effect that yields the current one at each connection
+   * attempt (for rotated credentials). Required; pass `""` explicitly for a
+   * server that asks for none.
+   */
+  readonly password?: string | Redacted.Redacted<string> | Effect.Effect<Redacted.Redacted<string>> | undefined
+  /** An {@link SslMode}, or Node TLS options for full control. Default: the URL's `sslmode`, else `disable`. */
+  readonly ssl?: SslMode | ConnectionOptions | undefined
+  /** Shown in `pg_stat_activity`. Default `@meshhook/pool`. */
+  readonly applicationName?: string | undefined
+
+  /** The pool's name in metrics, logs and traces. Default `default`. */
+  readonly name?: string | undefined
+  /** Connections kept open even when idle. Default 0. */
+  readonly min?: number | undefined
+  /** Connections open at most. Default 10. */
+  readonly max?: number | undefined
+  /** Connection attempts in flight at once, so a spike does not set off a storm of connects. Default 2. */
+  readonly maxConnecting?: number | undefined
+  /** Callers allowed to wait at once; past it, `PoolSaturatedError`. `Infinity` for no bound. Default 1000. */
+  readonly maxWaiting?: number | undefined
+  /** Longest a caller waits for a connection before `PoolTimeoutError`. Default 10 s. */
+  readonly acquireTimeout?: Duration.Input | undefined
+  /** Idle time after which a connection above `min` is closed. Default 60 s. */
+  readonly idleTimeout?: Duration.Input | undefined
+  /** Age at which a connection is closed once it is free; `"Infinity"` for none. Default 30 min. */
+  readonly maxLifetime?: Duration.Input | undefined
+  /** Up to this share of `maxLifetime` is randomly taken off each connection's, between 0 and 0.5. Default 0.1. */
+  readonly maxLifetimeJitter?: number | undefined
+  /** Checkouts after which a connection is closed; `Infinity` for no limit. Default `Infinity`. */
+  readonly maxUses?: number | undefined
+  /** Longest one connection attempt may take. Default 5 s. */
+  readonly connectTimeout?: Duration.Input | undefined
+  /** How long start-up retries before failing with `DatabaseUnavailableError`. Default 30 s. */
+  readonly initializationTimeout?: Duration.Input | undefined
+  /** How long closing waits for lent connections to come back before closing them anyway. Default 10 s. */
+  readonly shutdownTimeout?: Duration.Input | undefined
+  /** How often idle connections are checked for `idleTimeout` and `maxLifetime`, and `min` refilled. Default 5 s. */
+  readonly housekeepingInterval?: Duration.Input | undefined
+
+  /** Use named prepared statements (cached per connection). Default true. */
+  readonly prepare?: boolean | undefined
+  /** Prepared statements kept per connection. Default 100. */
+  readonly preparedStatementCacheSize?: number | undefined
+  /** Renames result columns, e.g. `String.snakeToCamel`. */
+  readonly transformResultNames?: ((name: string) => string) | undefined
+  /** Renames identifiers in queries, e.g. `String.camelToSnake`. */
+  readonly transformQueryNames?: ((name: string) => string) | undefined
+  /** Apply the name transforms inside JSON values too. Default true. */
+  readonly transformJson?: boolean | undefined
+}
+
+/**
+ * Validated options, durations in milliseconds.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Resolved {
+  readonly name: string
+  readonly host: string
+  readonly port: number
+  readonly database: string
+  readonly username: string
+  readonly applicationName: string
+  readonly min: number
+  readonly max: number
+  readonly maxConnecting: number
+  readonly maxWaiting: number
+  readonly acquireTimeout: number
+  readonly idleTimeout: number
+  readonly maxLifetime: number
+  readonly maxLifetimeJitter: number
+  readonly maxUses: number
+  readonly connectTimeout: number
+  readonly initializationTimeout: number
+  readonly shutdownTimeout: number
+  readonly housekeepingInterval: number
+  readonly prepare: boolean
+  readonly transformResultNames: ((name: string) => string) | undefined
+  readonly transformQueryNames: ((name: string) => string) | undefined
+  readonly transformJson: boolean
+  /** What the driver is given for each physical connection; holds the password. */
+  readonly connection: PgConnection.Config
+}
+
+/**
+ * The defaults, for documentation and tests.
+ *
+ * @since 0.1.0
+ * @category defaults
+ */
+export const defaults = {
+  name: "default",
+  port: 5432,
+  applicationName: "@meshhook/pool",
+  min: 0,
+  max: 10,
+  maxConnecting: 2,
+  maxWaiting: 1000,
+  acquireTimeout: 10_000,
+  idleTimeout: 60_000,
+  maxLifetime: 30 * 60_000,
+  maxLifetimeJitter: 0.1,
+  maxUses: Infinity,
+  connectTimeout: 5_000,
+  initializationTimeout: 30_000,
+  shutdownTimeout: 10_000,
+  housekeepingInterval: 5_000,
+  prepare: true,
+  preparedStatementCacheSize: 100
+} as const
+
+const invalid = (field: string, value: unknown, reason: string): PoolConfigError =>
+  new PoolConfigError({ field, value: render(value), reason })
+
+const render = (value: unknown): string => {
+  if (typeof value === "string") return JSON.stringify(value)
+  if (typeof value === "number" || typeof value === "boolean" || value === undefined || value === null) {
+    return String(value)
+  }
+  try {
+    return JSON.stringify(value) ?? String(value)
+  } catch {
+    return String(value)
+  }
+}
+
+/** Reads a duration given as milliseconds, an Effect duration, or a short form like `500ms`, `10s`, `5m`, `1h`. */
+const parseDuration = (input: Duration.Input | string): Option.Option<Duration.Duration> => {
+  if (typeof input === "string") {
+    const text = input.trim()
+    if (/^\d+(\.\d+)?$/.test(text)) return Option.some(Duration.millis(Number(text)))
+    const short = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/.exec(text)
+    if (short !== null) {
+      const scale = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[short[2] as "ms" | "s" | "m" | "h"]
+      return Option.some(Duration.millis(Number(short[1]) * scale))
+    }
+    return Duration.fromInput(text as Duration.Input)
+  }
+  return Duration.fromInput(input)
+}
+
+type Check<A> = { readonly ok: true; readonly value: A } | { readonly ok: false; readonly error: PoolConfigError }
+const ok = <A>(value: A): Check<A> => ({ ok: true, value })
+const bad = (field: string, value: unknown, reason: string): Check<never> => ({
+  ok: false,
+  error: invalid(field, value, reason)
+})
+
+const durationMillis = (
+  field: string,
+  input: Duration.Input | undefined,
+  fallback: number,
+  options: { readonly infinite?: boolean } = {}
+): Check<number> => {
+  if (input === undefined) return ok(fallback)
+  const parsed = parseDuration(input)
+  if (Option.isNone(parsed)) return bad(field, input, "not a duration (use milliseconds, \"10 seconds\" or \"10s\")")
+  const millis = Duration.toMillis(parsed.value)
+  if (millis === Infinity && options.infinite) return ok(Infinity)
+  if (!Number.isFinite(millis)) return bad(field, input, "must be finite")
+  if (millis <= 0) return bad(field, input, "must be greater than zero")
+  return ok(millis)
+}
+
+const integer = (
+  field: string,
+  input: number | undefined,
+  fallback: number,
+  min: number,
+  options: { readonly infinite?: boolean } = {}
+): Check<number> => {
+  if (input === undefined) return ok(fallback)
+  if (input === Infinity && options.infinite) return ok(Infinity)
+  if (typeof input !== "number" || !Number.isInteger(input)) return bad(field, input, "must be a whole number")
+  if (input < min) return bad(field, input, `must be at least ${min}`)
+  return ok(input)
+}
+
+interface UrlParts {
+  readonly host?: string
+  readonly port?: number
+  readonly database?: string
+  readonly username?: string
+  readonly password?: string
+  readonly sslmode?: string
+  readonly applicationName?: string
+}
+
+/** The URL with its password masked, for error messages. */
+const maskUrl = (raw: string): string => raw.replace(/^([a-z]+:\/\/[^:/@]*:)[^@]*@/i, "$1<redacted>@")
+
+const parseUrl = (raw: string): Check<UrlParts> => {
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    return bad("url", maskUrl(raw), "not a URL")
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
+    return bad("url", maskUrl(raw), "the scheme must be postgres:// or postgresql://")
+  }
+  const decode = (text: string): string | undefined => {
+    try {
+      return decodeURIComponent(text)
+    } catch {
+      return undefined
+    }
+  }
+  const parts: { -readonly [K in keyof UrlParts]: UrlParts[K] } = {}
+  if (url.hostname !== "") parts.host = url.hostname.replace(/^\[(.*)\]$/, "$1")
+  if (url.port !== "") parts.port = Number(url.port)
+  for (const [key, text] of [["username", url.username], ["password", url.password]] as const) {
+    if (text === "") continue
+    const decoded = decode(text)
+    if (decoded === undefined) return bad("url", maskUrl(raw), `bad percent-encoding in the ${key}`)
+    parts[key] = decoded
+  }
+  const database = decode(url.pathname.replace(/^\//, ""))
+  if (database === undefined) return bad("url", maskUrl(raw), "bad percent-encoding in the database name")
+  if (database !== "") parts.database = database
+  const params = url.searchParams
+  if (params.has("host")) parts.host = params.get("host")!
+  if (params.has("port")) {
+    const port = Number(params.get("port"))
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      return bad("url", maskUrl(raw), `bad port ${JSON.stringify(params.get("port"))}`)
+    }
+    parts.port = port
+  }
+  if (params.has("user")) parts.username = params.get("user")!
+  if (params.has("password")) parts.password = params.get("password")!
+  if (params.has("dbname")) parts.database = params.get("dbname")!
+  if (params.has("sslmode")) parts.sslmode = params.get("sslmode")!
+  if (params.has("application_name")) parts.applicationName = params.get("application_name")!
+  return ok(parts)
+}
+
+const tlsFor = (mode: SslMode): Pick<PgConnection.Config, "ssl" | "url"> => {
+  switch (mode) {
+    case "disable":
+      return { ssl: false }
+    case "prefer":
+      // The driver only offers prefer-style fallback through a URL parameter.
+      return { url: Redacted.make("postgres://?sslmode=prefer") }
+    case "require":
+      return { ssl: { rejectUnauthorized: false } }
+    case "verify-ca":
+      return { ssl: { checkServerIdentity: () => undefined } }
+    case "verify-full":
+      return { ssl: true }
+  }
+}
+
+const asRedacted = (
+  password: NonNullable<Options["password"]>
+): Redacted.Redacted<string> | Effect.Effect<Redacted.Redacted<string>> =>
+  typeof password === "string" ? Redacted.make(password) : password
+
+/**
+ * Validates options and fills in defaults.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigError> =>
+  Effect.suspend(() => {
+    const checks: Array<Check<unknown>> = []
+    const check = <A>(result: Check<A>): A => {
+      checks.push(result)
+      return result.ok ? result.value : (undefined as A)
+    }
+    const firstError = () => checks.find((c): c is { ok: false; error: PoolConfigError } => !c.ok)?.error
+
+    const rawUrl = options.url === undefined
+      ? undefined
+      : Redacted.isRedacted(options.url)
+      ? Redacted.value(options.url)
+      : options.url
+    const url = rawUrl === undefined ? {} : check(parseUrl(rawUrl))
+    if (firstError()) return Effect.fail(firstError()!)
+
+    const host = options.host ?? url.host
+    if (host === undefined || host.trim() === "" || host.includes("\0")) {
+      check(bad("host", host, "no host given (set url or host)"))
+    }
+    const port = options.port ?? url.port ?? defaults.port
+    if (!Number.isInteger(port) || port < 1 || port > 65535) check(bad("port", port, "must be a port between 1 and 65535"))
+    const username = options.username ?? url.username
+    if (username === undefined || username === "") check(bad("username", username, "no username given (set url or username)"))
+    const password = options.password ?? url.password
+    if (password === undefined) {
+      check(bad("password", "<missing>", "no password given (set it in url or password; \"\" for a server that asks none)"))
+    }
+    const database = options.database ?? url.database ?? username ?? ""
+
+    let ssl: Pick<PgConnection.Config, "ssl" | "url">
+    const sslInput = options.ssl ?? url.sslmode ?? "disable"
+    if (typeof sslInput === "string") {
+      if (!sslModes.includes(sslInput as SslMode)) {
+        check(bad(options.ssl === undefined ? "url" : "ssl", sslInput, `unknown SSL mode; use one of ${sslModes.join(", ")}`))
+      }
+      ssl = sslModes.includes(sslInput as SslMode) ? tlsFor(sslInput as SslMode) : {}
+    } else if (typeof sslInput === "object" && sslInput !== null) {
+      ssl = { ssl: sslInput }
+    } else {
+      ssl = {}
+      check(bad("ssl", sslInput, `use one of ${sslModes.join(", ")} or Node TLS options`))
+    }
+
+    const applicationName = options.applicationName ?? url.applicationName ?? defaults.applicationName
+    if (Buffer.byteLength(applicationName) > 63 || applicationName.includes("\0")) {
+      check(bad("applicationName", applicationName, "must be at most 63 bytes, without NUL"))
+    }
+    const name = options.name ?? defaults.name
+    if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(name)) {
+      check(bad("name", name, "use 1 to 64 letters, digits, '_', '.', ':' or '-'"))
+    }
+
+    const min = check(integer("min", options.min, defaults.min, 0))
+    const max = check(integer("max", options.max, defaults.max, 1))
+    if (min !== undefined && max !== undefined && min > max) check(bad("min", min, `must not exceed max (${max})`))
+    const maxConnecting = check(integer("maxConnecting", options.maxConnecting, defaults.maxConnecting, 1))
+    const maxWaiting = check(integer("maxWaiting", options.maxWaiting, defaults.maxWaiting, 0, { infinite: true }))
+    const maxUses = check(integer("maxUses", options.maxUses, defaults.maxUses, 1, { infinite: true }))
+    const preparedStatementCacheSize = check(
+      integer("preparedStatementCacheSize", options.preparedStatementCacheSize, defaults.preparedStatementCacheSize, 0)
+    )
+    const jitter = options.maxLifetimeJitter ?? defaults.maxLifetimeJitter
+    if (typeof jitter !== "number" || !(jitter >= 0 && jitter <= 0.5)) {
+      check(bad("maxLifetimeJitter", jitter, "must be between 0 and 0.5"))
+    }
+    const acquireTimeout = check(durationMillis("acquireTimeout", options.acquireTimeout, defaults.acquireTimeout))
+    const idleTimeout = check(durationMillis("idleTimeout", options.idleTimeout, defaults.idleTimeout))
+    const maxLifetime = check(
+      durationMillis("maxLifetime", options.maxLifetime, defaults.maxLifetime, { infinite: true })
+    )
+    const connectTimeout = check(durationMillis("connectTimeout", options.connectTimeout, defaults.connectTimeout))
+    const initializationTimeout = check(
+      durationMillis("initializationTimeout", options.initializationTimeout, defaults.initializationTimeout)
+    )
+    const shutdownTimeout = check(durationMillis("shutdownTimeout", options.shutdownTimeout, defaults.shutdownTimeout))
+    const housekeepingInterval = check(
+      durationMillis("housekeepingInterval", options.housekeepingInterval, defaults.housekeepingInterval)
+    )
+
+    const error = firstError()
+    if (error !== undefined) return Effect.fail(error)
+    return Effect.succeed<Resolved>({
+      name,
+      host: host!,
+      port,
+      database,
+      username: username!,
+      applicationName,
+      min,
+      max,
+      maxConnecting,
+      maxWaiting,
+      acquireTimeout,
+      idleTimeout,
+      maxLifetime,
+      maxLifetimeJitter: jitter,
+      maxUses,
+      connectTimeout,
+      initializationTimeout,
+      shutdownTimeout,
+      housekeepingInterval,
+      prepare: options.prepare ?? defaults.prepare,
+      transformResultNames: options.transformResultNames,
+      transformQueryNames: options.transformQueryNames,
+      transformJson: options.transformJson ?? true,
+      connection: {
+        ...ssl,
+        host: host!,
+        port,
+        database,
+        username: username!,
+        password: asRedacted(password!),
+        applicationName,
+        connectTimeout: Duration.millis(connectTimeout),
+        prepare: options.prepare ?? defaults.prepare,
+        preparedStatementCacheSize
+      }
+    })
+  })
+
+/**
+ * The environment variables {@link config} reads, by option.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const environment = {
+  url: "DATABASE_URL",
+  host: "PGHOST",
+  port: "PGPORT",
+  database: "PGDATABASE",
+  username: "PGUSER",
+  password: "PGPASSWORD",
+  ssl: "PGSSLMODE",
+  applicationName: "PGAPPNAME",
+  name: "PGPOOL_NAME",
+  min: "PGPOOL_MIN",
+  max: "PGPOOL_MAX",
+  maxConnecting: "PGPOOL_MAX_CONNECTING",
+  maxWaiting: "PGPOOL_MAX_WAITING",
+  acquireTimeout: "PGPOOL_ACQUIRE_TIMEOUT",
+  idleTimeout: "PGPOOL_IDLE_TIMEOUT",
+  maxLifetime: "PGPOOL_MAX_LIFETIME",
+  maxLifetimeJitter: "PGPOOL_MAX_LIFETIME_JITTER",
+  maxUses: "PGPOOL_MAX_USES",
+  connectTimeout: "PGPOOL_CONNECT_TIMEOUT",
+  initializationTimeout: "PGPOOL_INITIALIZATION_TIMEOUT",
+  shutdownTimeout: "PGPOOL_SHUTDOWN_TIMEOUT",
+  housekeepingInterval: "PGPOOL_HOUSEKEEPING_INTERVAL",
+  prepare: "PGPOOL_PREPARE"
+} as const
+
+/** Options read as numbers; the rest are strings, except the secrets and `prepare`. */
+const numericOptions: ReadonlySet<string> = new Set([
+  "port",
+  "min",
+  "max",
+  "maxConnecting",
+  "maxWaiting",
+  "maxUses",
+  "maxLifetimeJitter"
+])
+const specialOptions: ReadonlySet<string> = new Set(["url", "password", "prepare"])
+
+/**
+ * A number as written, so that a bad one is reported by {@link resolve} with
+ * the option's name rather than as a bare parse failure.
+ */
+const looseNumber = (text: string): number => {
+  const trimmed = text.trim()
+  if (/^infinity$/i.test(trimmed)) return Infinity
+  return trimmed === "" ? NaN : Number(trimmed)
+}
+
+/**
+ * Reads {@link Options} from Effect `Config` (the environment by default):
+ * `DATABASE_URL` or libpq's `PGHOST`/`PGPORT`/`PGDATABASE`/`PGUSER`/`PGPASSWORD`,
+ * and `PGPOOL_*` for the pool; see {@link environment}. `overrides` win over
+ * what is read, e.g. for transforms that no variable can carry.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config = (overrides: Options = {}): Config.Config<Options> => {
+  const plain = Object.entries(environment).filter(([option]) => !specialOptions.has(option))
+  return Config.all({
+    url: Config.option(Config.Redacted(environment.url)),
+    password: Config.option(Config.Redacted(environment.password)),
+    prepare: Config.option(Config.Boolean(environment.prepare)),
+    plain: Config.all(Object.fromEntries(plain.map(([option, name]) => [option, Config.option(Config.String(name))])))
+  }).pipe(
+    Config.map(({ password, plain, prepare, url }) => {
+      const read: Record<string, unknown> = {}
+      for (const [option, value] of Object.entries(plain)) {
+        if (Option.isSome(value)) read[option] = numericOptions.has(option) ? looseNumber(value.value) : value.value
+      }
+      if (Option.isSome(url)) read.url = url.value
+      if (Option.isSome(password)) read.password = password.value
+      if (Option.isSome(prepare)) read.prepare = prepare.value
+      return { ...read, ...overrides } as Options
+    })
+  )
+}

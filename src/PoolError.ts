@@ -1,0 +1,166 @@
+/**
+ * The pool's typed errors.
+ *
+ * Each error says which of the pool's promises was hit: the wait was too long
+ * (`PoolTimeoutError`), the queue was full (`PoolSaturatedError`), the database
+ * could not be reached (`DatabaseUnavailableError`), the pool was shutting down
+ * (`PoolClosedError`) or the configuration was wrong (`PoolConfigError`).
+ *
+ * Through `SqlClient`, whose statements can only fail with `SqlError`, a pool
+ * error arrives as the `cause` of a `SqlError` whose reason is a
+ * `ConnectionError`; {@link fromSqlError} finds it again.
+ *
+ * @since 0.1.0
+ */
+import * as Predicate from "effect/Predicate"
+import * as Schema from "effect/Schema"
+import { ConnectionError, SqlError } from "effect/sql/SqlError"
+
+const TypeId = "~@meshhook/pool/PoolError" as const
+
+/**
+ * A caller waited `acquireTimeout` for a connection and got none.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PoolTimeoutError extends Schema.TaggedError<PoolTimeoutError>()("PoolTimeoutError", {
+  /** How long the caller waited, in milliseconds. */
+  waitedMillis: Schema.Number,
+  /** Open connections when the wait ended. */
+  poolSize: Schema.Number,
+  /** The pool's `max`. */
+  maxSize: Schema.Number,
+  /** Callers still waiting when the wait ended. */
+  queueLength: Schema.Number,
+  /** Why the last connection attempt failed, when one had failed. */
+  lastConnectError: Schema.optional(Schema.String)
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    const base = `Timed out after ${this.waitedMillis} ms waiting for a connection ` +
+      `(${this.poolSize}/${this.maxSize} open, ${this.queueLength} waiting)`
+    return this.lastConnectError === undefined ? base : `${base}; last connection attempt: ${this.lastConnectError}`
+  }
+}
+
+/**
+ * The wait queue held `maxWaiting` callers already, so this one was turned
+ * away at once (load shedding).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PoolSaturatedError extends Schema.TaggedError<PoolSaturatedError>()("PoolSaturatedError", {
+  /** The pool's `maxWaiting`. */
+  maxWaiting: Schema.Number,
+  /** Open connections, all in use. */
+  poolSize: Schema.Number
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Pool saturated: ${this.maxWaiting} callers already waiting for ${this.poolSize} connections`
+  }
+}
+
+/**
+ * The pool is closing or closed and takes no new work.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PoolClosedError extends Schema.TaggedError<PoolClosedError>()("PoolClosedError", {}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return "The pool is closed"
+  }
+}
+
+/**
+ * The database could not be reached: at start-up within
+ * `initializationTimeout`, or with an error that waiting will not cure
+ * (authentication, unknown database).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class DatabaseUnavailableError extends Schema.TaggedError<DatabaseUnavailableError>()(
+  "DatabaseUnavailableError",
+  {
+    /** What went wrong, without credentials. */
+    reason: Schema.String,
+    /** Connection attempts made. */
+    attempts: Schema.Number,
+    /** The driver's error. */
+    cause: Schema.optional(Schema.Defect())
+  }
+) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Database unavailable after ${this.attempts} connection attempt(s): ${this.reason}`
+  }
+}
+
+/**
+ * An option is invalid. `value` is shown as given, except for secrets, which
+ * are never shown.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PoolConfigError extends Schema.TaggedError<PoolConfigError>()("PoolConfigError", {
+  /** The option's name, as in `Pool.Options`. */
+  field: Schema.String,
+  /** The value given, rendered for humans; `<redacted>` for secrets. */
+  value: Schema.String,
+  /** What is wrong with it. */
+  reason: Schema.String
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Invalid pool option ${this.field} = ${this.value}: ${this.reason}`
+  }
+}
+
+/**
+ * Any error the pool raises on its own behalf.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type PoolError =
+  | PoolTimeoutError
+  | PoolSaturatedError
+  | PoolClosedError
+  | DatabaseUnavailableError
+
+/**
+ * Whether `u` is one of the pool's errors.
+ *
+ * @since 0.1.0
+ * @category guards
+ */
+export const isPoolError = (u: unknown): u is PoolError | PoolConfigError => Predicate.hasProperty(u, TypeId)
+
+/**
+ * Wraps a pool error as the `SqlError` that `SqlClient` statements fail with.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const toSqlError = (error: PoolError): SqlError =>
+  new SqlError({
+    reason: new ConnectionError({ cause: error, message: error.message, operation: "acquire" })
+  })
+
+/**
+ * The pool error behind a `SqlError` from a `SqlClient` statement, if the
+ * statement failed because it got no connection.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const fromSqlError = (error: SqlError): PoolError | undefined => {
+  const cause = error.reason.cause
+  return isPoolError(cause) && cause._tag !== "PoolConfigError" ? cause : undefined
+}

@@ -1,0 +1,15 @@
+/**
+ * `@meshhook/pool`: a fair, tenant-safe, observable PostgreSQL connection
+ * pool for Effect, served as `effect/sql`'s `SqlClient`.
+ *
+ * @since 0.1.0
+ */
+
+/** The pool service and its layers. @since 0.1.0 */
+export * as Pool from "./Pool.ts"
+
+/** Options, defaults, validation and environment variables. @since 0.1.0 */
+export * as PoolConfig from "./PoolConfig.ts"
+
+/** The pool's typed errors. @since 0.1.0 */
+export * as PoolError from "./PoolError.ts"

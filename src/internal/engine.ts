@@ -1,0 +1,427 @@
+/**
+ * The pool engine: who gets which connection, when connections are made and
+ * when they are closed. It knows nothing of SQL; a {@link Connector} makes
+ * the physical connections, so tests can script them.
+ *
+ * The rules (see docs/architecture.md):
+ * 1. Never more than `max` connections, open or being opened.
+ * 2. First come, first served: a released connection goes straight to the
+ *    oldest waiter, and nobody takes an idle connection while others wait, so
+ *    a fiber that releases and re-acquires queues behind them.
+ * 3. A connection is opened only when waiters outnumber the connections being
+ *    opened, or to keep `min` open, and at most `maxConnecting` at a time: a
+ *    spike of callers is served by the first connections to open rather than
+ *    setting off one connection attempt each.
+ * 4. A waiter leaves the queue when it times out, is interrupted or the pool
+ *    closes, and is never handed a connection afterwards.
+ * 5. A connection the driver retires, or that is past its lifetime or uses,
+ *    is closed instead of lent, and replaced if anyone needs it.
+ * 6. Closing drains: waiters fail, idle connections close, lent ones close as
+ *    they come back or when `shutdownTimeout` is up.
+ *
+ * @internal
+ */
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import type * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import type { SqlError } from "effect/sql/SqlError"
+import {
+  DatabaseUnavailableError,
+  PoolClosedError,
+  type PoolError,
+  PoolSaturatedError,
+  PoolTimeoutError
+} from "../PoolError.ts"
+import { Entry, expiryFor } from "./entry.ts"
+import { describe, isFatalConnectError } from "./sqlState.ts"
+import { type Node, WaitQueue } from "./waitQueue.ts"
+
+/**
+ * Makes physical connections and reports when one must not be reused.
+ *
+ * @internal
+ */
+export interface Connector<C> {
+  /** Opens one connection; closing the scope closes it. */
+  readonly connect: Effect.Effect<C, SqlError, Scope.Scope>
+  /**
+   * Registers `retire`, to be called once if the connection dies or the
+   * driver can no longer vouch for its state (a cancel it could not confirm).
+   */
+  readonly onRetire: (connection: C, retire: () => void) => void
+}
+
+/**
+ * The engine's settings, durations in milliseconds.
+ *
+ * @internal
+ */
+export interface EngineOptions {
+  readonly min: number
+  readonly max: number
+  /** Connection attempts in flight at once. */
+  readonly maxConnecting: number
+  /** Waiters allowed at once; `Infinity` for no bound. */
+  readonly maxWaiting: number
+  readonly acquireTimeout: number
+  readonly idleTimeout: number
+  /** `Infinity` for no limit. */
+  readonly maxLifetime: number
+  /** Share of `maxLifetime`, between 0 and 1, by which each connection's is randomly shortened. */
+  readonly maxLifetimeJitter: number
+  /** `Infinity` for no limit. */
+  readonly maxUses: number
+  readonly housekeepingInterval: number
+  readonly shutdownTimeout: number
+  readonly initializationTimeout: number
+  /** Spacing of the attempts after a failed connection attempt. */
+  readonly connectRetry: Schedule.Schedule<unknown, SqlError>
+  /** Source of the lifetime jitter; `Math.random` unless a test fixes it. */
+  readonly random?: (() => number) | undefined
+}
+
+/**
+ * A snapshot of the pool's counts.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Stats {
+  /** Open connections: idle plus used. */
+  readonly total: number
+  readonly idle: number
+  readonly used: number
+  /** Callers waiting for a connection. */
+  readonly pending: number
+  /** Connections being opened. */
+  readonly creating: number
+  readonly min: number
+  readonly max: number
+}
+
+/** @internal */
+export interface Engine<C> {
+  /**
+   * Takes a connection, waiting in line if none is free. The caller must hand
+   * it back with `release` or `invalidate`; run it where interruption cannot
+   * come between the two.
+   */
+  readonly acquire: Effect.Effect<Entry<C>, PoolError>
+  /** Takes a connection back; it goes to the next waiter, or idles. */
+  readonly release: (entry: Entry<C>) => void
+  /** Takes a connection back and closes it: its state is unknown. */
+  readonly invalidate: (entry: Entry<C>) => void
+  readonly stats: () => Stats
+  /** Drains and closes the pool; see rule 6. */
+  readonly shutdown: Effect.Effect<void>
+}
+
+interface Waiter<C> extends Node {
+  readonly resume: (effect: Effect.Effect<Entry<C>, PoolError>) => void
+  readonly enqueuedAt: number
+  readonly deadline: number
+  /** The connection handed over, until the waiter's fiber has taken it. */
+  entry: Entry<C> | undefined
+}
+
+/**
+ * Starts an engine: connects once to prove the database is there, then keeps
+ * `min` connections open in the background.
+ *
+ * @internal
+ */
+export const make = <C>(
+  connector: Connector<C>,
+  options: EngineOptions
+): Effect.Effect<Engine<C>, DatabaseUnavailableError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const clock = yield* Clock.Clock
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
+    const random = options.random ?? Math.random
+    const now = () => clock.currentTimeMillisUnsafe()
+
+    const entries = new Set<Entry<C>>()
+    /** Idle connections, most recently used last: reuse takes the warmest, eviction the coldest. */
+    const idle: Array<Entry<C>> = []
+    const waiters = new WaitQueue<Waiter<C>>()
+    const background = new Set<Fiber.Fiber<unknown, unknown>>()
+    const closing = new Set<Fiber.Fiber<unknown, unknown>>()
+    const drained = Deferred.makeUnsafe<void>()
+    let creating = 0
+    let closed = false
+    let timeoutSweepRunning = false
+    let lastConnectError: string | undefined
+
+    const fork = (effect: Effect.Effect<unknown>, into: Set<Fiber.Fiber<unknown, unknown>>): void => {
+      const fiber = runFork(effect)
+      into.add(fiber)
+      fiber.addObserver(() => into.delete(fiber))
+    }
+
+    // Resuming a waiter runs its fiber; doing that on a fresh stack keeps a
+    // chain of hand-offs from nesting one fiber inside another.
+    const settle = (waiter: Waiter<C>, effect: Effect.Effect<Entry<C>, PoolError>): void =>
+      queueMicrotask(() => waiter.resume(effect))
+
+    const checkout = (entry: Entry<C>): Entry<C> => {
+      entry.state = "used"
+      entry.uses++
+      return entry
+    }
+
+    const serve = (waiter: Waiter<C>, entry: Entry<C>): void => {
+      waiter.entry = checkout(entry)
+      settle(waiter, Effect.succeed(entry))
+    }
+
+    const makeIdle = (entry: Entry<C>, at: number): void => {
+      entry.state = "idle"
+      entry.idleSince = at
+      idle.push(entry)
+    }
+
+    /** A free connection goes to the oldest waiter, else to the idle stack. */
+    const offer = (entry: Entry<C>): void => {
+      const waiter = waiters.shift()
+      if (waiter !== undefined) serve(waiter, entry)
+      else makeIdle(entry, now())
+    }
+
+    const destroy = (entry: Entry<C>): void => {
+      if (entry.state === "closed") return
+      if (entry.state === "idle") idle.splice(idle.indexOf(entry), 1)
+      entry.state = "closed"
+      entries.delete(entry)
+      fork(Scope.close(entry.scope, Exit.void), closing)
+      if (closed) {
+        if (entries.size === 0) Deferred.doneUnsafe(drained, Effect.void)
+      } else {
+        fill()
+      }
+    }
+
+    /** Rule 3: open connections while waiters outnumber openings, or below `min`. */
+    const fill = (): void => {
+      while (
+        !closed && entries.size + creating < options.max && creating < options.maxConnecting &&
+        (waiters.size > creating || entries.size + creating < options.min)
+      ) {
+        creating++
+        fork(create, background)
+      }
+    }
+
+    /** Whether the opening in progress is still wanted: `fill` would start it now. */
+    const stillNeeded = (): boolean =>
+      !closed && (waiters.size > creating - 1 || entries.size + creating - 1 < options.min)
+
+    const failWaiters = (error: PoolError): void => {
+      for (const waiter of waiters.drain()) settle(waiter, Effect.fail(error))
+    }
+
+    let attempts = 0
+    /** One connection attempt, its connection owned by a scope of its own. */
+    const connectOnce: Effect.Effect<readonly [C, Scope.Closeable], SqlError> = Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(Scope.make(), (scope) =>
+        restore(Scope.provide(connector.connect, scope)).pipe(
+          Effect.map((connection) => [connection, scope] as const),
+          Effect.onError((cause) => Scope.close(scope, Exit.failCause(cause))),
+          Effect.tapError((error) =>
+            Effect.sync(() => {
+              attempts++
+              lastConnectError = describe(error)
+            })
+          )
+        ))
+    )
+
+    const admit = ([connection, scope]: readonly [C, Scope.Closeable]): Entry<C> => {
+      const createdAt = now()
+      const entry = new Entry(connection, scope, createdAt, expiryFor(createdAt, options.maxLifetime, options.maxLifetimeJitter, random))
+      entries.add(entry)
+      connector.onRetire(connection, () => retire(entry))
+      return entry
+    }
+
+    /** Rule 5, from the driver: an idle connection goes now, a lent one on return. */
+    const retire = (entry: Entry<C>): void => {
+      if (entry.state === "idle") destroy(entry)
+      else if (entry.state === "used") entry.broken = true
+    }
+
+    /**
+     * One background opening. It retries while it is still wanted; a failure
+     * that waiting will not cure fails the current waiters at once, though the
+     * retries go on if `min` still wants a connection.
+     */
+    const create: Effect.Effect<void> = Effect.uninterruptibleMask((restore) =>
+      restore(connectOnce.pipe(
+        Effect.tapError((error) =>
+          isFatalConnectError(error)
+            ? Effect.sync(() =>
+              failWaiters(new DatabaseUnavailableError({ reason: describe(error), attempts, cause: error }))
+            )
+            : Effect.void
+        ),
+        Effect.retry({ schedule: options.connectRetry, while: stillNeeded })
+      )).pipe(
+        Effect.onExit((exit) =>
+          Effect.sync(() => {
+            creating--
+            if (Exit.isSuccess(exit)) {
+              if (closed) return fork(Scope.close(exit.value[1], Exit.void), closing)
+              offer(admit(exit.value))
+            }
+            fill()
+          })
+        ),
+        Effect.ignore
+      )
+    )
+
+    /** Rule 4 for timeouts: one fiber sleeps until the oldest waiter's deadline. */
+    const sweepTimeouts: Effect.Effect<void> = Effect.suspend(() => {
+      const head = waiters.peek()
+      if (head === undefined) {
+        timeoutSweepRunning = false
+        return Effect.void
+      }
+      const at = now()
+      if (head.deadline > at) return Effect.andThen(Effect.sleep(head.deadline - at), sweepTimeouts)
+      waiters.remove(head)
+      settle(
+        head,
+        Effect.fail(
+          new PoolTimeoutError({
+            waitedMillis: at - head.enqueuedAt,
+            poolSize: entries.size,
+            maxSize: options.max,
+            queueLength: waiters.size,
+            lastConnectError
+          })
+        )
+      )
+      return sweepTimeouts
+    })
+
+    const takeIdle = (): Entry<C> | undefined => {
+      const at = now()
+      for (let entry = idle.pop(); entry !== undefined; entry = idle.pop()) {
+        if (!entry.isSpent(at, options.maxUses)) return checkout(entry)
+        // Out of the idle stack already; `destroy` must not look for it there.
+        entry.state = "used"
+        destroy(entry)
+      }
+      return undefined
+    }
+
+    const wait = Effect.callback<Entry<C>, PoolError>((resume) => {
+      const at = now()
+      const waiter: Waiter<C> = {
+        prev: undefined,
+        next: undefined,
+        queued: false,
+        resume,
+        enqueuedAt: at,
+        deadline: at + options.acquireTimeout,
+        entry: undefined
+      }
+      waiters.push(waiter)
+      if (!timeoutSweepRunning) {
+        timeoutSweepRunning = true
+        fork(sweepTimeouts, background)
+      }
+      fill()
+      return Effect.sync(() => {
+        // Interrupted: leave the line, or give back what was already handed over.
+        if (waiters.remove(waiter)) return
+        const entry = waiter.entry
+        waiter.entry = undefined
+        if (entry !== undefined) release(entry)
+      })
+    })
+
+    const acquire: Effect.Effect<Entry<C>, PoolError> = Effect.suspend(() => {
+      if (closed) return Effect.fail(new PoolClosedError())
+      if (waiters.size === 0) {
+        const entry = takeIdle()
+        if (entry !== undefined) return Effect.succeed(entry)
+      }
+      if (waiters.size >= options.maxWaiting) {
+        return Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
+      }
+      return wait
+    })
+
+    const release = (entry: Entry<C>): void => {
+      if (entry.state !== "used") return
+      if (closed || entry.isSpent(now(), options.maxUses)) destroy(entry)
+      else offer(entry)
+    }
+
+    const invalidate = (entry: Entry<C>): void => {
+      if (entry.state === "used") destroy(entry)
+    }
+
+    /** The housekeeper's round: retire expired idle connections, evict idle ones above `min`, refill. */
+    const housekeep = Effect.sync(() => {
+      const at = now()
+      for (const entry of idle.filter((e) => e.isSpent(at, options.maxUses))) destroy(entry)
+      // Oldest idle first: they sit at the bottom of the stack.
+      for (const entry of idle.filter((e) => at - e.idleSince >= options.idleTimeout)) {
+        if (entries.size <= options.min) break
+        destroy(entry)
+      }
+      fill()
+    })
+
+    const stats = (): Stats => ({
+      total: entries.size,
+      idle: idle.length,
+      used: entries.size - idle.length,
+      pending: waiters.size,
+      creating,
+      min: options.min,
+      max: options.max
+    })
+
+    const shutdown = Effect.gen(function*() {
+      if (closed) return
+      closed = true
+      failWaiters(new PoolClosedError())
+      yield* Fiber.interruptAll(background)
+      for (const entry of idle.slice()) destroy(entry)
+      if (entries.size > 0) {
+        yield* Effect.timeoutOption(Deferred.await(drained), options.shutdownTimeout)
+        for (const entry of Array.from(entries)) destroy(entry)
+      }
+      while (closing.size > 0) yield* Fiber.awaitAll(Array.from(closing))
+    })
+
+    yield* Effect.addFinalizer(() => shutdown)
+    // Prove the database is there before anyone relies on the pool: retry for
+    // `initializationTimeout`, but give up at once on what waiting won't cure.
+    const first = yield* connectOnce.pipe(
+      Effect.retry({ schedule: options.connectRetry, while: (error) => !isFatalConnectError(error) }),
+      Effect.mapError((error) => new DatabaseUnavailableError({ reason: describe(error), attempts, cause: error })),
+      Effect.timeoutOrElse({
+        duration: options.initializationTimeout,
+        orElse: () =>
+          Effect.fail(
+            new DatabaseUnavailableError({
+              reason: `no connection within initializationTimeout (${options.initializationTimeout} ms)` +
+                (lastConnectError === undefined ? "" : `; last attempt: ${lastConnectError}`),
+              attempts
+            })
+          )
+      })
+    )
+    offer(admit(first))
+    fill()
+    fork(Effect.forever(Effect.andThen(Effect.sleep(options.housekeepingInterval), housekeep)), background)
+    return { acquire, release, invalidate, stats, shutdown } satisfies Engine<C>
+  })

@@ -1,0 +1,50 @@
+/**
+ * One physical connection as the pool sees it: what it is doing, when it was
+ * made, when it must go, and how often it has been lent.
+ *
+ * @internal
+ */
+import type * as Scope from "effect/Scope"
+
+/** @internal */
+export type EntryState = "idle" | "used" | "closed"
+
+/** @internal */
+export class Entry<C> {
+  readonly connection: C
+  /** Closing it closes the physical connection. */
+  readonly scope: Scope.Closeable
+  readonly createdAt: number
+  /** `createdAt + maxLifetime`, shortened by this connection's own jitter. */
+  readonly expiresAt: number
+  state: EntryState = "idle"
+  /** Checkouts so far, for `maxUses`. */
+  uses = 0
+  /** When it last went idle, for `idleTimeout`. */
+  idleSince: number
+  /** Set when the driver says it must not be reused while it is lent out. */
+  broken = false
+
+  constructor(connection: C, scope: Scope.Closeable, createdAt: number, expiresAt: number) {
+    this.connection = connection
+    this.scope = scope
+    this.createdAt = createdAt
+    this.expiresAt = expiresAt
+    this.idleSince = createdAt
+  }
+
+  /** Whether it must be closed instead of lent again. */
+  isSpent(now: number, maxUses: number): boolean {
+    return this.broken || now >= this.expiresAt || this.uses >= maxUses
+  }
+}
+
+/**
+ * A connection's deadline: `maxLifetime` less a random share of up to
+ * `jitter` of it, so that connections opened together do not all close
+ * together and make the next callers wait for new ones.
+ *
+ * @internal
+ */
+export const expiryFor = (createdAt: number, maxLifetime: number, jitter: number, random: () => number): number =>
+  maxLifetime === Infinity ? Infinity : createdAt + maxLifetime * (1 - jitter * random())

@@ -1,0 +1,8 @@
+/**
+ * Test support for code that uses `@meshhook/pool`.
+ *
+ * @since 0.1.0
+ */
+
+/** A throwaway PostgreSQL server. @since 0.1.0 */
+export * as PgServer from "./PgServer.ts"

@@ -1,0 +1,422 @@
+/**
+ * The pool engine's rules, on scripted connections and the test clock.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
+import { TestClock } from "effect/testing"
+import type * as Engine from "../src/internal/engine.ts"
+import type { Entry } from "../src/internal/entry.ts"
+import {
+  authenticationFailed,
+  connectionRefused,
+  type FakeConnection,
+  lease,
+  makeEngine,
+  makeScript
+} from "./support/scripted.ts"
+
+type Pool = Engine.Engine<FakeConnection>
+
+/** Lets forked fibers and queued hand-offs run. */
+const settle = Effect.gen(function*() {
+  for (let i = 0; i < 5; i++) yield* Effect.yieldNow
+})
+
+/** Forks a caller that takes a connection, notes it, holds it for `holdMillis`, and gives it back. */
+const caller = (pool: Pool, log: Array<string>, name: string, holdMillis = 0) =>
+  Effect.forkChild(
+    Effect.scoped(
+      Effect.gen(function*() {
+        const entry = yield* lease(pool)
+        log.push(`${name}:${entry.connection.id}`)
+        if (holdMillis > 0) yield* Effect.sleep(holdMillis)
+        return entry.connection
+      })
+    )
+  )
+
+describe("engine", () => {
+  describe("limits", () => {
+    it.effect("never has more than max connections open or opening", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 3, maxConnecting: 3 })
+        script.connectDelay = 10
+        const log: Array<string> = []
+        const fibers = []
+        for (let i = 0; i < 20; i++) fibers.push(yield* caller(pool, log, `c${i}`, 5))
+        yield* settle
+        assert.isAtMost(pool.stats().total + pool.stats().creating, 3)
+        yield* TestClock.adjust(1_000)
+        yield* Fiber.joinAll(fibers)
+        assert.strictEqual(log.length, 20)
+        assert.strictEqual(script.peakOpen(), 3)
+        assert.strictEqual(script.opened.length, 3)
+      }))
+
+    it.effect("opens connections at most maxConnecting at a time, so a spike is served by few", () =>
+      Effect.gen(function*() {
+        // HikariCP's spike test: 50 callers, 150 ms to connect, 2 ms of work each.
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 50, maxConnecting: 2 })
+        script.connectDelay = 150
+        const log: Array<string> = []
+        const fibers = []
+        for (let i = 0; i < 50; i++) fibers.push(yield* caller(pool, log, `c${i}`, 2))
+        yield* settle
+        assert.strictEqual(pool.stats().creating, 2)
+        yield* TestClock.adjust(1_000)
+        yield* Fiber.joinAll(fibers)
+        assert.strictEqual(log.length, 50)
+        // The first connection predates the spike; the spike itself opened at most two rounds of two.
+        assert.isAtMost(script.opened.length, 5)
+      }))
+
+    it.effect("fails fast with PoolSaturatedError once maxWaiting callers wait", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, maxWaiting: 2 })
+        yield* lease(pool)
+        const log: Array<string> = []
+        yield* caller(pool, log, "a")
+        yield* caller(pool, log, "b")
+        yield* settle
+        const error = yield* Effect.flip(pool.acquire)
+        assert.strictEqual(error._tag, "PoolSaturatedError")
+        if (error._tag === "PoolSaturatedError") {
+          assert.strictEqual(error.maxWaiting, 2)
+          assert.strictEqual(error.poolSize, 1)
+        }
+        assert.strictEqual(pool.stats().pending, 2)
+      }))
+  })
+
+  describe("order of service", () => {
+    it.effect("serves waiters first come, first served, and a releaser that re-acquires queues behind them", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1 })
+        const held = yield* pool.acquire
+        const log: Array<string> = []
+        const fibers = []
+        for (const name of ["a", "b", "c"]) {
+          fibers.push(yield* caller(pool, log, name))
+          yield* settle
+        }
+        assert.strictEqual(pool.stats().pending, 3)
+        pool.release(held)
+        // The releaser comes straight back: the idle connection is not its to take.
+        const again = yield* caller(pool, log, "releaser")
+        yield* Fiber.joinAll([...fibers, again])
+        assert.deepStrictEqual(log, ["a:1", "b:1", "c:1", "releaser:1"])
+      }))
+
+    it.effect("an interrupted waiter leaves the queue at once and the next one is served", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1 })
+        const held = yield* pool.acquire
+        const log: Array<string> = []
+        const a = yield* caller(pool, log, "a")
+        const b = yield* caller(pool, log, "b")
+        const c = yield* Effect.forkChild(Effect.timeout(Effect.scoped(lease(pool)), 100))
+        yield* settle
+        assert.strictEqual(pool.stats().pending, 3)
+        yield* Fiber.interrupt(a)
+        assert.strictEqual(pool.stats().pending, 2)
+        yield* TestClock.adjust(100)
+        const timedOut = yield* Fiber.await(c)
+        assert.isTrue(Exit.isFailure(timedOut))
+        assert.strictEqual(pool.stats().pending, 1)
+        pool.release(held)
+        yield* Fiber.join(b)
+        assert.deepStrictEqual(log, ["b:1"])
+        assert.strictEqual(pool.stats().idle, 1)
+      }))
+
+    it.effect("a connection handed to a waiter interrupted before it runs goes to the next waiter", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1 })
+        const held = yield* pool.acquire
+        const log: Array<string> = []
+        const a = yield* caller(pool, log, "a")
+        const b = yield* caller(pool, log, "b")
+        yield* settle
+        // The hand-off to `a` is queued; `a` is interrupted before it resumes.
+        pool.release(held)
+        yield* Fiber.interrupt(a)
+        yield* Fiber.join(b)
+        assert.deepStrictEqual(log, ["b:1"])
+        assert.strictEqual(pool.stats().used, 0)
+      }))
+  })
+
+  describe("timeouts", () => {
+    it.effect("fails a waiter after acquireTimeout with PoolTimeoutError carrying the wait, size and queue", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, acquireTimeout: 1_000 })
+        yield* lease(pool)
+        const first = yield* Effect.forkChild(pool.acquire)
+        yield* TestClock.adjust(400)
+        const second = yield* Effect.forkChild(pool.acquire)
+        yield* TestClock.adjust(600)
+        const error = yield* Effect.flip(Fiber.join(first))
+        assert.strictEqual(error._tag, "PoolTimeoutError")
+        if (error._tag === "PoolTimeoutError") {
+          assert.strictEqual(error.waitedMillis, 1_000)
+          assert.strictEqual(error.poolSize, 1)
+          assert.strictEqual(error.maxSize, 1)
+          assert.strictEqual(error.queueLength, 1)
+        }
+        assert.strictEqual(pool.stats().pending, 1)
+        yield* TestClock.adjust(400)
+        const later = yield* Effect.flip(Fiber.join(second))
+        assert.strictEqual(later._tag, "PoolTimeoutError")
+        if (later._tag === "PoolTimeoutError") assert.strictEqual(later.queueLength, 0)
+        assert.strictEqual(pool.stats().pending, 0)
+      }))
+
+    it.effect("a timed-out waiter is never handed a connection", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, acquireTimeout: 1_000 })
+        const held = yield* pool.acquire
+        const waiter = yield* Effect.forkChild(pool.acquire)
+        yield* TestClock.adjust(1_000)
+        pool.release(held)
+        assert.isTrue(Exit.isFailure(yield* Fiber.await(waiter)))
+        assert.deepStrictEqual(pool.stats().idle, 1)
+      }))
+
+    it.effect("the timeout names the last connection failure when the database is unreachable", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 2, acquireTimeout: 1_000 })
+        yield* lease(pool)
+        script.failAll = connectionRefused()
+        const error = yield* Effect.flip(Effect.forkChild(pool.acquire).pipe(
+          Effect.tap(() => TestClock.adjust(1_000)),
+          Effect.flatMap(Fiber.join)
+        ))
+        assert.strictEqual(error._tag, "PoolTimeoutError")
+        assert.include(error.message, "ECONNREFUSED")
+        // It kept trying, spaced by the retry schedule, while someone waited.
+        assert.isAbove(script.attempts(), 5)
+      }))
+  })
+
+  describe("connection life", () => {
+    it.effect("fills min at start and keeps it filled", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { min: 2, max: 4 })
+        yield* settle
+        assert.strictEqual(pool.stats().idle, 2)
+        script.kill(script.opened[0])
+        yield* settle
+        assert.strictEqual(pool.stats().total, 2)
+        assert.isTrue(script.opened[0].closed)
+        assert.strictEqual(script.opened.length, 3)
+      }))
+
+    it.effect("closes idle connections above min after idleTimeout", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { min: 1, max: 4, idleTimeout: 10_000, housekeepingInterval: 1_000 })
+        const log: Array<string> = []
+        const fibers = []
+        for (let i = 0; i < 4; i++) fibers.push(yield* caller(pool, log, `c${i}`, 10))
+        yield* TestClock.adjust(10)
+        yield* Fiber.joinAll(fibers)
+        assert.strictEqual(pool.stats().idle, 4)
+        yield* TestClock.adjust(9_000)
+        assert.strictEqual(pool.stats().idle, 4)
+        yield* TestClock.adjust(2_000)
+        assert.strictEqual(pool.stats().total, 1)
+        assert.strictEqual(script.openNow(), 1)
+      }))
+
+    it.effect("spreads connection lifetimes by the jitter and retires each at its own deadline", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const draws = [0, 0.5, 1]
+        const pool = yield* makeEngine(script, {
+          min: 3,
+          max: 3,
+          maxLifetime: 100_000,
+          maxLifetimeJitter: 0.2,
+          housekeepingInterval: 1_000,
+          random: () => draws.shift() ?? 0
+        })
+        yield* settle
+        assert.strictEqual(script.opened.length, 3)
+        // Lifetimes 100 s, 90 s and 80 s: none outlives maxLifetime, none expires with another.
+        const closed = () => script.opened.slice(0, 3).map((c) => c.closed)
+        yield* TestClock.adjust(81_000)
+        assert.deepStrictEqual(closed(), [false, false, true])
+        yield* TestClock.adjust(10_000)
+        assert.deepStrictEqual(closed(), [false, true, true])
+        yield* TestClock.adjust(10_000)
+        assert.isTrue(script.opened[0].closed)
+        assert.strictEqual(pool.stats().total, 3)
+      }))
+
+    it.effect("closes a connection past its lifetime or uses when it comes back, instead of lending it", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, maxLifetime: 5_000, maxUses: 3 })
+        const held = yield* pool.acquire
+        yield* TestClock.adjust(6_000)
+        pool.release(held)
+        assert.isTrue(held.connection.closed || script.opened[0].closed)
+        const ids: Array<number> = []
+        for (let i = 0; i < 4; i++) {
+          const entry: Entry<FakeConnection> = yield* pool.acquire
+          ids.push(entry.connection.id)
+          pool.release(entry)
+          yield* settle
+        }
+        // Connection 2 served three checkouts, then 3 took over.
+        assert.deepStrictEqual(ids, [2, 2, 2, 3])
+      }))
+
+    it.effect("replaces a connection that dies, and never lends a dead one", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { min: 1, max: 1 })
+        const used = yield* pool.acquire
+        script.kill(used.connection)
+        pool.release(used)
+        assert.isTrue(used.connection.closed)
+        yield* settle
+        const next = yield* pool.acquire
+        assert.notStrictEqual(next.connection.id, used.connection.id)
+        pool.release(next)
+        // Dying while idle: dropped at once, replaced for min.
+        script.kill(next.connection)
+        yield* settle
+        const third = yield* lease(pool)
+        assert.isFalse(third.connection.closed)
+        assert.strictEqual(third.connection.id, 3)
+      }))
+
+    it.effect("a waiter is not stranded when the connection it waits for dies", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1 })
+        script.connectDelay = 50
+        const held = yield* pool.acquire
+        const log: Array<string> = []
+        const waiter = yield* caller(pool, log, "w")
+        yield* settle
+        script.kill(held.connection)
+        pool.release(held)
+        yield* TestClock.adjust(50)
+        yield* Fiber.join(waiter)
+        assert.deepStrictEqual(log, ["w:2"])
+      }))
+  })
+
+  describe("start-up", () => {
+    it.effect("retries a refused connection until the database answers", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        script.failures.push(connectionRefused(), connectionRefused(), connectionRefused())
+        const starting = yield* Effect.forkChild(Effect.scoped(Effect.flatMap(makeEngine(script), (p) => Effect.sync(p.stats))))
+        yield* TestClock.adjust(1_000)
+        const stats = yield* Fiber.join(starting)
+        assert.strictEqual(stats.total, 1)
+        assert.strictEqual(script.attempts(), 4)
+      }))
+
+    it.effect("fails with DatabaseUnavailableError after initializationTimeout", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        script.failAll = connectionRefused()
+        const starting = yield* Effect.forkChild(Effect.scoped(makeEngine(script, { initializationTimeout: 2_000 })))
+        yield* TestClock.adjust(2_000)
+        const error = yield* Effect.flip(Fiber.join(starting))
+        assert.strictEqual((error as { _tag: string })._tag, "DatabaseUnavailableError")
+        assert.include(String((error as Error).message), "ECONNREFUSED")
+      }))
+
+    it.effect("fails at once on bad credentials instead of retrying", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        script.failAll = authenticationFailed()
+        const error = yield* Effect.flip(Effect.scoped(makeEngine(script)))
+        assert.strictEqual((error as { _tag: string })._tag, "DatabaseUnavailableError")
+        assert.strictEqual(script.attempts(), 1)
+      }))
+
+    it.effect("fails waiting callers at once when a new connection is refused for good", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 2 })
+        yield* lease(pool)
+        script.failAll = authenticationFailed()
+        const error = yield* Effect.flip(pool.acquire)
+        assert.strictEqual(error._tag, "DatabaseUnavailableError")
+        assert.strictEqual(pool.stats().pending, 0)
+      }))
+  })
+
+  describe("shutdown", () => {
+    it.effect("drains: idle connections close at once, newcomers fail, a lent one closes when it comes back", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const scope = yield* Scope.make()
+        const pool = yield* Scope.provide(makeEngine(script, { min: 2, max: 2, shutdownTimeout: 5_000 }), scope)
+        yield* settle
+        const held = yield* pool.acquire
+        assert.strictEqual(pool.stats().idle, 1)
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        yield* settle
+        assert.strictEqual(script.openNow(), 1)
+        assert.strictEqual((yield* Effect.flip(pool.acquire))._tag, "PoolClosedError")
+        yield* TestClock.adjust(1_000)
+        assert.isUndefined(closing.pollUnsafe())
+        pool.release(held)
+        yield* Fiber.join(closing)
+        assert.strictEqual(script.openNow(), 0)
+      }))
+
+    it.effect("fails the callers waiting when it closes", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const scope = yield* Scope.make()
+        const pool = yield* Scope.provide(makeEngine(script, { max: 1 }), scope)
+        const held = yield* pool.acquire
+        const waiter = yield* Effect.forkChild(pool.acquire)
+        yield* settle
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        assert.strictEqual((yield* Effect.flip(Fiber.join(waiter)))._tag, "PoolClosedError")
+        pool.release(held)
+        yield* Fiber.join(closing)
+        assert.strictEqual(script.openNow(), 0)
+      }))
+
+    it.effect("closes connections not given back within shutdownTimeout", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const scope = yield* Scope.make()
+        const pool = yield* Scope.provide(makeEngine(script, { max: 1, shutdownTimeout: 5_000 }), scope)
+        const held = yield* pool.acquire
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        yield* TestClock.adjust(4_999)
+        assert.isFalse(held.connection.closed)
+        yield* TestClock.adjust(1)
+        yield* Fiber.join(closing)
+        assert.isTrue(held.connection.closed)
+        assert.strictEqual(script.openNow(), 0)
+        // Giving it back afterwards is harmless.
+        pool.release(held)
+        assert.strictEqual(pool.stats().total, 0)
+      }))
+  })
+})

@@ -1,0 +1,29 @@
+/**
+ * Starts one throwaway PostgreSQL server for the whole run (or uses
+ * `DATABASE_URL` when set) and hands its address to the test files.
+ */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Redacted from "effect/Redacted"
+import * as Scope from "effect/Scope"
+import type { TestProject } from "vitest/node"
+import * as PgServer from "../../src/testing/PgServer.ts"
+
+declare module "vitest" {
+  export interface ProvidedContext {
+    /** A superuser URL of the test server. */
+    readonly databaseUrl: string
+  }
+}
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const external = process.env.DATABASE_URL
+  if (external !== undefined && external !== "") {
+    project.provide("databaseUrl", external)
+    return async () => {}
+  }
+  const scope = Effect.runSync(Scope.make())
+  const server = await Effect.runPromise(Scope.provide(PgServer.make(), scope))
+  project.provide("databaseUrl", Redacted.value(server.url()))
+  return () => Effect.runPromise(Scope.close(scope, Exit.void))
+}

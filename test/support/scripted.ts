@@ -1,0 +1,127 @@
+/**
+ * A scripted connection factory for deterministic engine tests: connections
+ * are plain objects, connecting takes `connectDelay` of (test) clock time,
+ * attempts can be made to fail, and a connection can be "killed" the way the
+ * driver reports a dead backend.
+ */
+import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import { AuthenticationError, ConnectionError, SqlError } from "effect/sql/SqlError"
+import * as Engine from "../../src/internal/engine.ts"
+import type { Entry } from "../../src/internal/entry.ts"
+import type { PoolError } from "../../src/PoolError.ts"
+
+export interface FakeConnection {
+  readonly id: number
+  closed: boolean
+  retire: (() => void) | undefined
+}
+
+export interface Script {
+  readonly connector: Engine.Connector<FakeConnection>
+  /** Every connection ever opened, in order. */
+  readonly opened: Array<FakeConnection>
+  /** Connections open right now. */
+  readonly openNow: () => number
+  /** The most connections open at once. */
+  readonly peakOpen: () => number
+  readonly attempts: () => number
+  /** Clock time one connection attempt takes. */
+  connectDelay: number
+  /** Failures for the next attempts, used first to last. */
+  readonly failures: Array<SqlError>
+  /** Every further attempt fails with this, once set. */
+  failAll: SqlError | undefined
+  /** Reports the connection dead, as the driver does for a killed backend. */
+  readonly kill: (connection: FakeConnection) => void
+}
+
+export const connectionRefused = (): SqlError =>
+  new SqlError({
+    reason: new ConnectionError({ cause: new Error("ECONNREFUSED"), message: "connect ECONNREFUSED", operation: "connect" })
+  })
+
+export const authenticationFailed = (): SqlError =>
+  new SqlError({
+    reason: new AuthenticationError({
+      cause: Object.assign(new Error("password authentication failed for user \"app\""), { code: "28P01" }),
+      message: "password authentication failed for user \"app\"",
+      operation: "connect"
+    })
+  })
+
+export const makeScript = (): Script => {
+  const opened: Array<FakeConnection> = []
+  let open = 0
+  let peak = 0
+  let attempts = 0
+  const script: Script = {
+    opened,
+    openNow: () => open,
+    peakOpen: () => peak,
+    attempts: () => attempts,
+    connectDelay: 0,
+    failures: [],
+    failAll: undefined,
+    kill: (connection) => connection.retire?.(),
+    connector: {
+      connect: Effect.gen(function*() {
+        attempts++
+        if (script.connectDelay > 0) yield* Effect.sleep(script.connectDelay)
+        const failure = script.failures.shift() ?? script.failAll
+        if (failure !== undefined) return yield* Effect.fail(failure)
+        const connection: FakeConnection = { id: opened.length + 1, closed: false, retire: undefined }
+        opened.push(connection)
+        open++
+        peak = Math.max(peak, open)
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            connection.closed = true
+            open--
+          })
+        )
+        return connection
+      }),
+      onRetire: (connection, retire) => {
+        connection.retire = retire
+      }
+    }
+  }
+  return script
+}
+
+/** Engine settings for tests: small, explicit numbers. */
+export const testOptions = (overrides: Partial<Engine.EngineOptions> = {}): Engine.EngineOptions => ({
+  min: 0,
+  max: 2,
+  maxConnecting: 2,
+  maxWaiting: Infinity,
+  acquireTimeout: 10_000,
+  idleTimeout: 60_000,
+  maxLifetime: Infinity,
+  maxLifetimeJitter: 0,
+  maxUses: Infinity,
+  housekeepingInterval: 1_000,
+  shutdownTimeout: 5_000,
+  initializationTimeout: 30_000,
+  connectRetry: Schedule.spaced(100),
+  ...overrides
+})
+
+export const makeEngine = (
+  script: Script,
+  overrides: Partial<Engine.EngineOptions> = {}
+): Effect.Effect<Engine.Engine<FakeConnection>, unknown, Scope.Scope> =>
+  Engine.make(script.connector, testOptions(overrides))
+
+/** Holds a connection until the scope closes; the wait for it stays interruptible. */
+export const lease = (
+  engine: Engine.Engine<FakeConnection>
+): Effect.Effect<Entry<FakeConnection>, PoolError, Scope.Scope> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(
+      restore(engine.acquire),
+      (entry) => Effect.as(Effect.addFinalizer(() => Effect.sync(() => engine.release(entry))), entry)
+    )
+  )
