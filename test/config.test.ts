@@ -1,0 +1,166 @@
+/**
+ * Option validation, environment configuration and start-up failures.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as SqlClient from "effect/sql/SqlClient"
+import * as Net from "node:net"
+import * as Pool from "../src/Pool.ts"
+import * as PoolConfig from "../src/PoolConfig.ts"
+import { databaseUrl } from "./support/pg.ts"
+
+const secret = "s3cr3t-Pa55"
+const valid: PoolConfig.Options = { host: "127.0.0.1", username: "app", password: secret }
+
+const configError = (options: PoolConfig.Options) =>
+  Effect.flip(PoolConfig.resolve(options)).pipe(
+    Effect.tap((error) => Effect.sync(() => assert.strictEqual(error._tag, "PoolConfigError")))
+  )
+
+describe("PoolConfig.resolve", () => {
+  it.effect("fills in the defaults", () =>
+    Effect.gen(function*() {
+      const resolved = yield* PoolConfig.resolve({ url: `postgres://app:${secret}@db.internal:6432/meshhook` })
+      assert.strictEqual(resolved.host, "db.internal")
+      assert.strictEqual(resolved.port, 6432)
+      assert.strictEqual(resolved.database, "meshhook")
+      assert.strictEqual(resolved.username, "app")
+      assert.strictEqual(resolved.max, PoolConfig.defaults.max)
+      assert.strictEqual(resolved.acquireTimeout, PoolConfig.defaults.acquireTimeout)
+      assert.strictEqual(resolved.maxUses, Infinity)
+    }))
+
+  it.effect("reads durations as milliseconds, Effect durations or short forms", () =>
+    Effect.gen(function*() {
+      const resolved = yield* PoolConfig.resolve({
+        ...valid,
+        acquireTimeout: 250,
+        idleTimeout: "2 minutes",
+        maxLifetime: "Infinity",
+        shutdownTimeout: "1.5s" as never,
+        connectTimeout: "750ms" as never
+      })
+      assert.strictEqual(resolved.acquireTimeout, 250)
+      assert.strictEqual(resolved.idleTimeout, 120_000)
+      assert.strictEqual(resolved.maxLifetime, Infinity)
+      assert.strictEqual(resolved.shutdownTimeout, 1_500)
+      assert.strictEqual(resolved.connectTimeout, 750)
+    }))
+
+  const cases: ReadonlyArray<readonly [string, PoolConfig.Options, string]> = [
+    ["a URL that is not one", { url: "not a url" }, "url"],
+    ["a URL with another scheme", { url: `mysql://app:${secret}@h/db` }, "url"],
+    ["a URL with a bad port", { url: `postgres://app:${secret}@h/db?port=99999` }, "url"],
+    ["an unknown sslmode in the URL", { url: `postgres://app:${secret}@h/db?sslmode=sometimes` }, "url"],
+    ["an unknown ssl option", { ...valid, ssl: "sometimes" as never }, "ssl"],
+    ["no host", { username: "app", password: secret }, "host"],
+    ["a port out of range", { ...valid, port: 0 }, "port"],
+    ["no username", { host: "h", password: secret }, "username"],
+    ["no password", { host: "h", username: "app" }, "password"],
+    ["min above max", { ...valid, min: 5, max: 2 }, "min"],
+    ["a negative min", { ...valid, min: -1 }, "min"],
+    ["a zero max", { ...valid, max: 0 }, "max"],
+    ["a fractional max", { ...valid, max: 2.5 }, "max"],
+    ["a zero maxConnecting", { ...valid, maxConnecting: 0 }, "maxConnecting"],
+    ["a negative maxWaiting", { ...valid, maxWaiting: -1 }, "maxWaiting"],
+    ["a zero maxUses", { ...valid, maxUses: 0 }, "maxUses"],
+    ["a zero acquireTimeout", { ...valid, acquireTimeout: 0 }, "acquireTimeout"],
+    ["a negative idleTimeout", { ...valid, idleTimeout: -5 }, "idleTimeout"],
+    ["an infinite acquireTimeout", { ...valid, acquireTimeout: "Infinity" }, "acquireTimeout"],
+    ["a duration that is not one", { ...valid, connectTimeout: "soon" as never }, "connectTimeout"],
+    ["a zero initializationTimeout", { ...valid, initializationTimeout: 0 }, "initializationTimeout"],
+    ["a zero shutdownTimeout", { ...valid, shutdownTimeout: 0 }, "shutdownTimeout"],
+    ["a zero housekeepingInterval", { ...valid, housekeepingInterval: 0 }, "housekeepingInterval"],
+    ["a jitter above one half", { ...valid, maxLifetimeJitter: 0.9 }, "maxLifetimeJitter"],
+    ["a pool name with spaces", { ...valid, name: "my pool" }, "name"],
+    ["an application name over 63 bytes", { ...valid, applicationName: "x".repeat(64) }, "applicationName"]
+  ]
+  for (const [what, options, field] of cases) {
+    it.effect(`rejects ${what} naming ${field}`, () =>
+      Effect.gen(function*() {
+        const error = yield* configError(options)
+        assert.strictEqual(error.field, field)
+        assert.notInclude(error.message, secret)
+        assert.notInclude(JSON.stringify(error), secret)
+      }))
+  }
+
+  it.effect("masks the password of a URL it rejects", () =>
+    Effect.gen(function*() {
+      const error = yield* configError({ url: `postgres://app:${secret}@h:99999/db` })
+      assert.include(error.message, "<redacted>")
+      assert.notInclude(error.message, secret)
+    }))
+})
+
+describe("Pool.layerConfig", () => {
+  const withEnv = (env: Record<string, string>) => Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnvRecord(env)))
+
+  it.live("reads DATABASE_URL and PGPOOL_* from the environment", () =>
+    Effect.gen(function*() {
+      const pool = yield* Pool.Pool
+      const sql = yield* SqlClient.SqlClient
+      assert.strictEqual(pool.options.max, 3)
+      assert.strictEqual(pool.options.acquireTimeout, 2_000)
+      assert.strictEqual(pool.options.name, "from-env")
+      const [row] = yield* sql<{ one: number }>`SELECT 1 AS one`
+      assert.strictEqual(row.one, 1)
+    }).pipe(Effect.provide(Pool.layerConfig().pipe(withEnv({
+      DATABASE_URL: databaseUrl(),
+      PGPOOL_MAX: "3",
+      PGPOOL_ACQUIRE_TIMEOUT: "2s",
+      PGPOOL_NAME: "from-env"
+    })))))
+
+  it.live("reports a bad variable as the option it sets", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(Pool.layerConfig().pipe(withEnv({
+        DATABASE_URL: databaseUrl(),
+        PGPOOL_MAX: "lots"
+      }))))
+      assert.strictEqual(error._tag, "PoolConfigError")
+      if (error._tag === "PoolConfigError") assert.strictEqual(error.field, "max")
+    }))
+})
+
+/** A loopback port with nothing listening on it. */
+const closedPort = Effect.promise(() =>
+  new Promise<number>((resolve) => {
+    const server = Net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as Net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+)
+
+describe("start-up against a real server", () => {
+  it.live("fails with DatabaseUnavailableError after initializationTimeout when nothing listens", () =>
+    Effect.gen(function*() {
+      const port = yield* closedPort
+      const error = yield* Effect.flip(Layer.build(Pool.layer({ ...valid, port, initializationTimeout: 400 })))
+      assert.strictEqual(error._tag, "DatabaseUnavailableError")
+      if (error._tag === "DatabaseUnavailableError") {
+        assert.isAbove(error.attempts, 1)
+        assert.include(error.message, "initializationTimeout")
+        assert.notInclude(error.message, secret)
+      }
+    }))
+
+  it.live("fails at once with DatabaseUnavailableError on a wrong password, without printing it", () =>
+    Effect.gen(function*() {
+      const url = new URL(databaseUrl())
+      url.password = secret
+      const started = Date.now()
+      const error = yield* Effect.flip(Layer.build(Pool.layer({ url: Redacted.make(url.toString()) })))
+      assert.strictEqual(error._tag, "DatabaseUnavailableError")
+      if (error._tag === "DatabaseUnavailableError") {
+        assert.strictEqual(error.attempts, 1)
+        assert.include(error.message, "28P01")
+        assert.notInclude(error.message, secret)
+      }
+      assert.isBelow(Date.now() - started, 5_000)
+    }))
+})

@@ -1,0 +1,36 @@
+/**
+ * The pinned driver still tells us when a connection must not be reused.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Redacted from "effect/Redacted"
+import * as PgConnector from "../src/internal/pgConnector.ts"
+import { admin, databaseUrl, eventually } from "./support/pg.ts"
+
+describe("PgConnector", () => {
+  it.live("reports a connection whose backend was terminated", () =>
+    Effect.gen(function*() {
+      const connector = PgConnector.make({ url: Redacted.make(databaseUrl()) })
+      const connection = yield* connector.connect
+      let retired = 0
+      connector.onRetire(connection, () => retired++)
+      const side = yield* admin
+      yield* side.query("SELECT pg_terminate_backend($1)", [connection.processId])
+      assert.isTrue(yield* eventually(Effect.sync(() => retired === 1), 2_000))
+    }))
+
+  it.live("keeps a connection whose interrupted query the server confirmed cancelled", () =>
+    Effect.gen(function*() {
+      const connector = PgConnector.make({ url: Redacted.make(databaseUrl()) })
+      const connection = yield* connector.connect
+      let retired = 0
+      connector.onRetire(connection, () => retired++)
+      const fiber = yield* Effect.forkChild(connection.query("SELECT pg_sleep(30)"))
+      yield* Effect.sleep(50)
+      yield* Fiber.interrupt(fiber)
+      const [row] = (yield* connection.query("SELECT 1 AS one")).rows
+      assert.strictEqual(row.one, 1)
+      assert.strictEqual(retired, 0)
+    }))
+})

@@ -1,0 +1,46 @@
+/**
+ * Helpers for tests against the real server started by globalSetup.
+ */
+import * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import type { SqlError } from "effect/sql/SqlError"
+import { randomBytes } from "node:crypto"
+import { inject } from "vitest"
+import * as Pool from "../../src/Pool.ts"
+import type * as PoolConfig from "../../src/PoolConfig.ts"
+
+export const databaseUrl = (): string => inject("databaseUrl")
+
+/** A name no other test uses, for tables and application names. */
+export const uniqueName = (prefix: string): string => `${prefix}_${randomBytes(4).toString("hex")}`
+
+/** A superuser connection outside any pool, to look at the server from the side. */
+export const admin: Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope> = Effect.suspend(() =>
+  PgConnection.make({ url: Redacted.make(databaseUrl()), applicationName: "meshhook-test-admin" })
+)
+
+/** Server backends opened under `applicationName`. */
+export const backends = (conn: PgConnection.PgConnection, applicationName: string) =>
+  Effect.map(
+    conn.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [applicationName]),
+    (result) => result.rows[0].n as number
+  )
+
+/** Polls until `condition` holds, every 20 ms, for at most `millis`; returns whether it held. */
+export const eventually = <E, R>(
+  condition: Effect.Effect<boolean, E, R>,
+  millis = 5_000
+): Effect.Effect<boolean, E, R> =>
+  Effect.gen(function*() {
+    const until = Date.now() + millis
+    while (Date.now() < until) {
+      if (yield* condition) return true
+      yield* Effect.sleep(20)
+    }
+    return yield* condition
+  })
+
+/** The pool layer on the test server. */
+export const poolLayer = (options: PoolConfig.Options = {}) => Pool.layer({ url: databaseUrl(), ...options })
