@@ -38,6 +38,19 @@ const caller = (pool: Pool, log: Array<string>, name: string, holdMillis = 0) =>
     )
   )
 
+/** Forks `count` callers that each hold a connection for `holdMillis`. */
+const callers = (pool: Pool, log: Array<string>, count: number, holdMillis: number) =>
+  Effect.forEach(Array.from({ length: count }, (_, i) => `c${i}`), (name) => caller(pool, log, name, holdMillis))
+
+/** An engine in a scope of its own, for the shutdown tests to close. */
+const closableEngine = (overrides: Partial<Engine.EngineOptions>) =>
+  Effect.gen(function*() {
+    const script = makeScript()
+    const scope = yield* Scope.make()
+    const pool = yield* Scope.provide(makeEngine(script, overrides), scope)
+    return { script, scope, pool }
+  })
+
 describe("engine", () => {
   describe("limits", () => {
     it.effect("never has more than max connections open or opening", () =>
@@ -46,8 +59,7 @@ describe("engine", () => {
         const pool = yield* makeEngine(script, { max: 3, maxConnecting: 3 })
         script.connectDelay = 10
         const log: Array<string> = []
-        const fibers = []
-        for (let i = 0; i < 20; i++) fibers.push(yield* caller(pool, log, `c${i}`, 5))
+        const fibers = yield* callers(pool, log, 20, 5)
         yield* settle
         assert.isAtMost(pool.stats().total + pool.stats().creating, 3)
         yield* TestClock.adjust(1_000)
@@ -64,8 +76,7 @@ describe("engine", () => {
         const pool = yield* makeEngine(script, { max: 50, maxConnecting: 2 })
         script.connectDelay = 150
         const log: Array<string> = []
-        const fibers = []
-        for (let i = 0; i < 50; i++) fibers.push(yield* caller(pool, log, `c${i}`, 2))
+        const fibers = yield* callers(pool, log, 50, 2)
         yield* settle
         assert.strictEqual(pool.stats().creating, 2)
         yield* TestClock.adjust(1_000)
@@ -228,9 +239,7 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { min: 1, max: 4, idleTimeout: 10_000, housekeepingInterval: 1_000 })
-        const log: Array<string> = []
-        const fibers = []
-        for (let i = 0; i < 4; i++) fibers.push(yield* caller(pool, log, `c${i}`, 10))
+        const fibers = yield* callers(pool, [], 4, 10)
         yield* TestClock.adjust(10)
         yield* Fiber.joinAll(fibers)
         assert.strictEqual(pool.stats().idle, 4)
@@ -369,9 +378,7 @@ describe("engine", () => {
   describe("shutdown", () => {
     it.effect("drains: idle connections close at once, newcomers fail, a lent one closes when it comes back", () =>
       Effect.gen(function*() {
-        const script = makeScript()
-        const scope = yield* Scope.make()
-        const pool = yield* Scope.provide(makeEngine(script, { min: 2, max: 2, shutdownTimeout: 5_000 }), scope)
+        const { pool, scope, script } = yield* closableEngine({ min: 2, max: 2, shutdownTimeout: 5_000 })
         yield* settle
         const held = yield* pool.acquire
         assert.strictEqual(pool.stats().idle, 1)
@@ -388,9 +395,7 @@ describe("engine", () => {
 
     it.effect("fails the callers waiting when it closes", () =>
       Effect.gen(function*() {
-        const script = makeScript()
-        const scope = yield* Scope.make()
-        const pool = yield* Scope.provide(makeEngine(script, { max: 1 }), scope)
+        const { pool, scope, script } = yield* closableEngine({ max: 1 })
         const held = yield* pool.acquire
         const waiter = yield* Effect.forkChild(pool.acquire)
         yield* settle
@@ -403,9 +408,7 @@ describe("engine", () => {
 
     it.effect("closes connections not given back within shutdownTimeout", () =>
       Effect.gen(function*() {
-        const script = makeScript()
-        const scope = yield* Scope.make()
-        const pool = yield* Scope.provide(makeEngine(script, { max: 1, shutdownTimeout: 5_000 }), scope)
+        const { pool, scope, script } = yield* closableEngine({ max: 1, shutdownTimeout: 5_000 })
         const held = yield* pool.acquire
         const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
         yield* TestClock.adjust(4_999)

@@ -8,29 +8,32 @@ import * as Redacted from "effect/Redacted"
 import * as PgConnector from "../src/internal/pgConnector.ts"
 import { admin, databaseUrl, eventually } from "./support/pg.ts"
 
+/** A driver connection with a counter of the retire reports it made. */
+const watched = Effect.gen(function*() {
+  const connector = PgConnector.make({ url: Redacted.make(databaseUrl()) })
+  const connection = yield* connector.connect
+  const reports = { retired: 0 }
+  connector.onRetire(connection, () => reports.retired++)
+  return { connection, reports }
+})
+
 describe("PgConnector", () => {
   it.live("reports a connection whose backend was terminated", () =>
     Effect.gen(function*() {
-      const connector = PgConnector.make({ url: Redacted.make(databaseUrl()) })
-      const connection = yield* connector.connect
-      let retired = 0
-      connector.onRetire(connection, () => retired++)
+      const { connection, reports } = yield* watched
       const side = yield* admin
       yield* side.query("SELECT pg_terminate_backend($1)", [connection.processId])
-      assert.isTrue(yield* eventually(Effect.sync(() => retired === 1), 2_000))
+      assert.isTrue(yield* eventually(Effect.sync(() => reports.retired === 1), 2_000))
     }))
 
   it.live("keeps a connection whose interrupted query the server confirmed cancelled", () =>
     Effect.gen(function*() {
-      const connector = PgConnector.make({ url: Redacted.make(databaseUrl()) })
-      const connection = yield* connector.connect
-      let retired = 0
-      connector.onRetire(connection, () => retired++)
+      const { connection, reports } = yield* watched
       const fiber = yield* Effect.forkChild(connection.query("SELECT pg_sleep(30)"))
       yield* Effect.sleep(50)
       yield* Fiber.interrupt(fiber)
       const [row] = (yield* connection.query("SELECT 1 AS one")).rows
       assert.strictEqual(row.one, 1)
-      assert.strictEqual(retired, 0)
+      assert.strictEqual(reports.retired, 0)
     }))
 })

@@ -29,6 +29,7 @@ import * as Fiber from "effect/Fiber"
 import type * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import type { SqlError } from "effect/sql/SqlError"
+import type * as PoolConfig from "../PoolConfig.ts"
 import {
   DatabaseUnavailableError,
   PoolClosedError,
@@ -56,28 +57,28 @@ export interface Connector<C> {
 }
 
 /**
- * The engine's settings, durations in milliseconds.
+ * The engine's settings: the pool's validated limits (durations in
+ * milliseconds), the connect retry schedule, and a jitter source tests can fix.
  *
  * @internal
  */
-export interface EngineOptions {
-  readonly min: number
-  readonly max: number
-  /** Connection attempts in flight at once. */
-  readonly maxConnecting: number
-  /** Waiters allowed at once; `Infinity` for no bound. */
-  readonly maxWaiting: number
-  readonly acquireTimeout: number
-  readonly idleTimeout: number
-  /** `Infinity` for no limit. */
-  readonly maxLifetime: number
-  /** Share of `maxLifetime`, between 0 and 1, by which each connection's is randomly shortened. */
-  readonly maxLifetimeJitter: number
-  /** `Infinity` for no limit. */
-  readonly maxUses: number
-  readonly housekeepingInterval: number
-  readonly shutdownTimeout: number
-  readonly initializationTimeout: number
+export interface EngineOptions extends
+  Pick<
+    PoolConfig.Resolved,
+    | "min"
+    | "max"
+    | "maxConnecting"
+    | "maxWaiting"
+    | "acquireTimeout"
+    | "idleTimeout"
+    | "maxLifetime"
+    | "maxLifetimeJitter"
+    | "maxUses"
+    | "housekeepingInterval"
+    | "shutdownTimeout"
+    | "initializationTimeout"
+  >
+{
   /** Spacing of the attempts after a failed connection attempt. */
   readonly connectRetry: Schedule.Schedule<unknown, SqlError>
   /** Source of the lifetime jitter; `Math.random` unless a test fixes it. */
@@ -193,7 +194,10 @@ export const make = <C>(
 
     const destroy = (entry: Entry<C>): void => {
       if (entry.state === "closed") return
-      if (entry.state === "idle") idle.splice(idle.indexOf(entry), 1)
+      if (entry.state === "idle") {
+        const index = idle.indexOf(entry)
+        if (index >= 0) idle.splice(index, 1)
+      }
       entry.state = "closed"
       entries.delete(entry)
       fork(Scope.close(entry.scope, Exit.void), closing)
