@@ -95,7 +95,32 @@ export interface Options {
   readonly transformQueryNames?: ((name: string) => string) | undefined
   /** Apply the name transforms inside JSON values too. Default true. */
   readonly transformJson?: boolean | undefined
+
+  /** The setting row-level security policies read the tenant from. Default `app.tenant_id`. */
+  readonly tenantSetting?: string | undefined
+  /** Refuse SQL outside `Tenant.with` and `Tenant.unscoped` with `TenantRequiredError`. Default false. */
+  readonly requireTenant?: boolean | undefined
+  /** Tenant ids allowed: `any`, `uuid`, or a regular expression (matched whole). Default `any`. */
+  readonly tenantFormat?: "any" | "uuid" | RegExp | undefined
+  /** Longest tenant id, in characters. Default 128. */
+  readonly tenantMaxLength?: number | undefined
+  /**
+   * When to ask the server whether a connection carries session state before
+   * lending it again: `suspect` after statements that may have set some (by
+   * command or text), `always` after every lease (one round trip each).
+   * Default `suspect`.
+   */
+  readonly sessionCheck?: SessionCheck | undefined
 }
+
+/**
+ * When the pool checks a returned connection for session state; see
+ * `Options.sessionCheck`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SessionCheck = "suspect" | "always"
 
 /**
  * Validated options, durations in milliseconds.
@@ -127,6 +152,11 @@ export interface Resolved {
   readonly transformResultNames: ((name: string) => string) | undefined
   readonly transformQueryNames: ((name: string) => string) | undefined
   readonly transformJson: boolean
+  readonly tenantSetting: string
+  readonly requireTenant: boolean
+  /** Why `id` is not a valid tenant id, or `undefined` if it is. */
+  readonly checkTenant: (id: string) => string | undefined
+  readonly sessionCheck: SessionCheck
   /** What the driver is given for each physical connection; holds the password. */
   readonly connection: PgConnection.Config
 }
@@ -155,8 +185,30 @@ export const defaults = {
   shutdownTimeout: 10_000,
   housekeepingInterval: 5_000,
   prepare: true,
-  preparedStatementCacheSize: 100
+  preparedStatementCacheSize: 100,
+  tenantSetting: "app.tenant_id",
+  requireTenant: false,
+  tenantFormat: "any",
+  tenantMaxLength: 128,
+  sessionCheck: "suspect"
 } as const
+
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+// Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+const controlCharacters = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/
+
+/** A tenant id checker for the given format and length. */
+const tenantChecker = (format: RegExp | undefined, maxLength: number) => (id: string): string | undefined => {
+  if (typeof id !== "string") return "must be a string"
+  if (id.length === 0) return "must not be empty"
+  if (id.length > maxLength) return `longer than tenantMaxLength (${maxLength})`
+  if (controlCharacters.test(id)) return "contains control characters"
+  if (format !== undefined && !format.test(id)) return `does not match tenantFormat ${format}`
+  return undefined
+}
+
+/** A custom setting name: two or more dot-separated identifiers, as PostgreSQL requires. */
+const settingName = /^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)+$/
 
 const invalid = (field: string, value: unknown, reason: string): PoolConfigError =>
   new PoolConfigError({ field, value: render(value), reason })
@@ -392,6 +444,27 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       durationMillis("housekeepingInterval", options.housekeepingInterval, defaults.housekeepingInterval)
     )
 
+    const tenantSetting = options.tenantSetting ?? defaults.tenantSetting
+    if (typeof tenantSetting !== "string" || !settingName.test(tenantSetting) || tenantSetting.length > 63) {
+      check(bad("tenantSetting", tenantSetting, "must be a custom setting name like app.tenant_id (at most 63 characters)"))
+    }
+    const tenantMaxLength = check(integer("tenantMaxLength", options.tenantMaxLength, defaults.tenantMaxLength, 1))
+    const formatInput = options.tenantFormat ?? defaults.tenantFormat
+    let tenantFormat: RegExp | undefined
+    if (formatInput === "uuid") tenantFormat = uuid
+    else if (formatInput instanceof RegExp) tenantFormat = new RegExp(`^(?:${formatInput.source})$`, formatInput.flags)
+    else if (typeof formatInput === "string" && formatInput !== "any") {
+      try {
+        tenantFormat = new RegExp(`^(?:${formatInput})$`)
+      } catch {
+        check(bad("tenantFormat", formatInput, "use any, uuid, or a valid regular expression"))
+      }
+    }
+    const sessionCheck = options.sessionCheck ?? defaults.sessionCheck
+    if (sessionCheck !== "suspect" && sessionCheck !== "always") {
+      check(bad("sessionCheck", sessionCheck, "use suspect or always"))
+    }
+
     const error = firstError()
     if (error !== undefined) return Effect.fail(error)
     return Effect.succeed<Resolved>({
@@ -418,6 +491,10 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       transformResultNames: options.transformResultNames,
       transformQueryNames: options.transformQueryNames,
       transformJson: options.transformJson ?? true,
+      tenantSetting,
+      requireTenant: options.requireTenant ?? defaults.requireTenant,
+      checkTenant: tenantChecker(tenantFormat, tenantMaxLength),
+      sessionCheck,
       connection: {
         ...ssl,
         host: host!,
@@ -462,7 +539,12 @@ export const environment = {
   initializationTimeout: "PGPOOL_INITIALIZATION_TIMEOUT",
   shutdownTimeout: "PGPOOL_SHUTDOWN_TIMEOUT",
   housekeepingInterval: "PGPOOL_HOUSEKEEPING_INTERVAL",
-  prepare: "PGPOOL_PREPARE"
+  prepare: "PGPOOL_PREPARE",
+  tenantSetting: "PGPOOL_TENANT_SETTING",
+  requireTenant: "PGPOOL_REQUIRE_TENANT",
+  tenantFormat: "PGPOOL_TENANT_FORMAT",
+  tenantMaxLength: "PGPOOL_TENANT_MAX_LENGTH",
+  sessionCheck: "PGPOOL_SESSION_CHECK"
 } as const
 
 /** Options read as numbers; the rest are strings, except the secrets and `prepare`. */
@@ -473,9 +555,11 @@ const numericOptions: ReadonlySet<string> = new Set([
   "maxConnecting",
   "maxWaiting",
   "maxUses",
-  "maxLifetimeJitter"
+  "maxLifetimeJitter",
+  "tenantMaxLength"
 ])
-const specialOptions: ReadonlySet<string> = new Set(["url", "password", "prepare"])
+const booleanOptions: ReadonlySet<string> = new Set(["prepare", "requireTenant"])
+const secretOptions: ReadonlySet<string> = new Set(["url", "password"])
 
 /**
  * A number as written, so that a bad one is reported by {@link resolve} with
@@ -497,21 +581,22 @@ const looseNumber = (text: string): number => {
  * @category config
  */
 export const config = (overrides: Options = {}): Config.Config<Options> => {
-  const plain = Object.entries(environment).filter(([option]) => !specialOptions.has(option))
-  return Config.all({
-    url: Config.option(Config.Redacted(environment.url)),
-    password: Config.option(Config.Redacted(environment.password)),
-    prepare: Config.option(Config.Boolean(environment.prepare)),
-    plain: Config.all(Object.fromEntries(plain.map(([option, name]) => [option, Config.option(Config.String(name))])))
-  }).pipe(
-    Config.map(({ password, plain, prepare, url }) => {
+  const variable = (option: string, name: string): Config.Config<Option.Option<unknown>> =>
+    Config.option<unknown>(
+      secretOptions.has(option)
+        ? Config.Redacted(name)
+        : booleanOptions.has(option)
+        ? Config.Boolean(name)
+        : numericOptions.has(option)
+        ? Config.map(Config.String(name), looseNumber)
+        : Config.String(name)
+    )
+  return Config.all(
+    Object.fromEntries(Object.entries(environment).map(([option, name]) => [option, variable(option, name)]))
+  ).pipe(
+    Config.map((values) => {
       const read: Record<string, unknown> = {}
-      for (const [option, value] of Object.entries(plain)) {
-        if (Option.isSome(value)) read[option] = numericOptions.has(option) ? looseNumber(value.value) : value.value
-      }
-      if (Option.isSome(url)) read.url = url.value
-      if (Option.isSome(password)) read.password = password.value
-      if (Option.isSome(prepare)) read.prepare = prepare.value
+      for (const [option, value] of Object.entries(values)) if (Option.isSome(value)) read[option] = value.value
       return { ...read, ...overrides } as Options
     })
   )

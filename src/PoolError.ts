@@ -4,17 +4,20 @@
  * Each error says which of the pool's promises was hit: the wait was too long
  * (`PoolTimeoutError`), the queue was full (`PoolSaturatedError`), the database
  * could not be reached (`DatabaseUnavailableError`), the pool was shutting down
- * (`PoolClosedError`) or the configuration was wrong (`PoolConfigError`).
+ * (`PoolClosedError`), the configuration was wrong (`PoolConfigError`), or the
+ * tenant rules were broken (`TenantRequiredError`, `InvalidTenantError`,
+ * `TenantMismatchError`); the last three never reach the database.
  *
  * Through `SqlClient`, whose statements can only fail with `SqlError`, a pool
  * error arrives as the `cause` of a `SqlError` whose reason is a
- * `ConnectionError`; {@link fromSqlError} finds it again.
+ * `ConnectionError` (an `AuthorizationError` for the tenant errors);
+ * {@link fromSqlError} finds it again.
  *
  * @since 0.1.0
  */
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
-import { ConnectionError, SqlError } from "effect/sql/SqlError"
+import { AuthorizationError, ConnectionError, SqlError } from "effect/sql/SqlError"
 
 const TypeId = "~@meshhook/pool/PoolError" as const
 
@@ -123,6 +126,58 @@ export class PoolConfigError extends Schema.TaggedError<PoolConfigError>()("Pool
 }
 
 /**
+ * SQL ran with no tenant in a pool with `requireTenant`, and outside
+ * `Tenant.unscoped`. It was stopped before taking a connection.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TenantRequiredError extends Schema.TaggedError<TenantRequiredError>()("TenantRequiredError", {}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return "SQL without a tenant: run it under Tenant.with(id), or Tenant.unscoped(reason) for cross-tenant work"
+  }
+}
+
+/**
+ * A tenant id was refused (empty, too long, control characters, or not in the
+ * configured format). It was stopped before taking a connection.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidTenantError extends Schema.TaggedError<InvalidTenantError>()("InvalidTenantError", {
+  /** The id as given, JSON-quoted and cut to 80 characters. */
+  preview: Schema.String,
+  /** What is wrong with it. */
+  reason: Schema.String
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Invalid tenant id ${this.preview}: ${this.reason}`
+  }
+}
+
+/**
+ * A statement asked for another tenant (or none) than the transaction it
+ * runs in: one transaction serves one tenant.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TenantMismatchError extends Schema.TaggedError<TenantMismatchError>()("TenantMismatchError", {
+  /** The tenant scope the transaction was opened under. */
+  transaction: Schema.String,
+  /** The tenant scope of the statement. */
+  statement: Schema.String
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `A statement under ${this.statement} ran inside a transaction of ${this.transaction}`
+  }
+}
+
+/**
  * Any error the pool raises on its own behalf.
  *
  * @since 0.1.0
@@ -133,6 +188,9 @@ export type PoolError =
   | PoolSaturatedError
   | PoolClosedError
   | DatabaseUnavailableError
+  | TenantRequiredError
+  | InvalidTenantError
+  | TenantMismatchError
 
 /**
  * Whether `u` is one of the pool's errors.
@@ -148,10 +206,15 @@ export const isPoolError = (u: unknown): u is PoolError | PoolConfigError => Pre
  * @since 0.1.0
  * @category conversions
  */
-export const toSqlError = (error: PoolError): SqlError =>
-  new SqlError({
-    reason: new ConnectionError({ cause: error, message: error.message, operation: "acquire" })
+export const toSqlError = (error: PoolError): SqlError => {
+  const props = { cause: error, message: error.message, operation: "acquire" }
+  return new SqlError({
+    reason: isTenantError(error) ? new AuthorizationError(props) : new ConnectionError(props)
   })
+}
+
+const isTenantError = (error: PoolError): boolean =>
+  error._tag === "TenantRequiredError" || error._tag === "InvalidTenantError" || error._tag === "TenantMismatchError"
 
 /**
  * The pool error behind a `SqlError` from a `SqlClient` statement, if the

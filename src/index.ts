@@ -13,3 +13,6 @@ export * as PoolConfig from "./PoolConfig.ts"
 
 /** The pool's typed errors. @since 0.1.0 */
 export * as PoolError from "./PoolError.ts"
+
+/** The tenant a fiber works for: Tenant.with, Tenant.unscoped, Tenant.current. @since 0.1.0 */
+export * as Tenant from "./Tenant.ts"
