@@ -180,6 +180,38 @@ const findBinDir = (explicit: string | undefined): string => {
   return found
 }
 
+const dataDirPrefix = "meshhook-pgdata-"
+
+const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/**
+ * Stops servers left behind by processes that died without stopping them (a
+ * test runner killed mid-run), and removes their directories. Each server's
+ * directory names its owner's PID.
+ */
+const reapOrphans = (): void => {
+  for (const name of Fs.readdirSync(Os.tmpdir())) {
+    if (!name.startsWith(dataDirPrefix)) continue
+    const root = Path.join(Os.tmpdir(), name)
+    try {
+      const owner = Number(Fs.readFileSync(Path.join(root, "owner"), "utf8"))
+      if (isAlive(owner)) continue
+      const postmaster = Number(Fs.readFileSync(Path.join(root, "data", "postmaster.pid"), "utf8").split("\n")[0])
+      if (postmaster > 0 && isAlive(postmaster)) process.kill(postmaster, "SIGQUIT")
+    } catch {
+      // No owner or no running server: only the directory is left.
+    }
+    Fs.rmSync(root, { recursive: true, force: true })
+  }
+}
+
 const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
     const server = Net.createServer()
@@ -276,8 +308,10 @@ export const make = (options: Options = {}): Effect.Effect<PgServer, PgServerErr
       try: () => {
         const runAs = runAsUser()
         const binDir = findBinDir(options.binDir)
-        const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "meshhook-pg-"))
+        reapOrphans()
+        const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), dataDirPrefix))
         Fs.chmodSync(root, 0o755)
+        Fs.writeFileSync(Path.join(root, "owner"), String(process.pid))
         const dataDir = Path.join(root, "data")
         const passwordFile = Path.join(root, "password")
         const password = randomBytes(18).toString("base64url")

@@ -1,0 +1,214 @@
+/**
+ * The main job: MeshHook workers on @meshhook/pool.
+ *
+ * Starts a throwaway PostgreSQL server (or uses DATABASE_URL, a superuser URL
+ * on which it creates a fresh database), creates MeshHook's schema with
+ * row-level security and the non-owner `mh_worker` role, seeds tenants, and
+ * runs worker fibers that claim jobs across tenants and work each one as its
+ * tenant. Prints a live line every second and a summary at the end.
+ *
+ *   npm start -- --help
+ */
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as SqlClient from "effect/sql/SqlClient"
+import type { SqlError } from "effect/sql/SqlError"
+import { parseArgs } from "node:util"
+import * as Pool from "../src/Pool.ts"
+import * as PoolError from "../src/PoolError.ts"
+import * as PgServer from "../src/testing/PgServer.ts"
+import * as Database from "./meshhook/database.ts"
+import * as Worker from "./meshhook/worker.ts"
+
+const usage = `Usage: npm start -- [options]
+
+  --tenants N     projects to seed (default 100)
+  --workers N     worker fibers (default 200)
+  --duration S    seconds to run (default 15)
+  --max N         pool size (default 8)
+  --http-ms N     duration of the simulated external HTTP call (default 20)
+  --help          this text
+
+Environment: DATABASE_URL, a superuser URL of an existing PostgreSQL on which a
+fresh database is created (and dropped afterwards); without it a throwaway
+server is started. PGPOOL_* variables tune the pool (docs/configuration.md).`
+
+interface Flags {
+  readonly tenants: number
+  readonly workers: number
+  readonly duration: number
+  readonly max: number
+  readonly httpMillis: number
+}
+
+const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
+  let values
+  try {
+    values = parseArgs({
+      args: [...argv],
+      options: {
+        tenants: { type: "string", default: "100" },
+        workers: { type: "string", default: "200" },
+        duration: { type: "string", default: "15" },
+        max: { type: "string", default: "8" },
+        "http-ms": { type: "string", default: "20" },
+        help: { type: "boolean", default: false }
+      },
+      strict: true,
+      allowPositionals: false
+    }).values
+  } catch (error) {
+    return (error as Error).message
+  }
+  if (values.help) return ""
+  const flags: Record<string, number> = {}
+  for (const [flag, key, min] of [
+    ["tenants", "tenants", 1],
+    ["workers", "workers", 1],
+    ["duration", "duration", 1],
+    ["max", "max", 1],
+    ["http-ms", "httpMillis", 0]
+  ] as const) {
+    const text = values[flag] as string
+    const value = Number(text)
+    if (!/^\d+$/.test(text) || value < min) return `--${flag} must be a whole number of at least ${min}, not "${text}"`
+    flags[key] = value
+  }
+  return flags as unknown as Flags
+}
+
+const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
+  sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]
+
+/** A failure's name for the summary: the pool's error behind a SqlError, the SQL reason, or the tag. */
+const errorName = (exit: Exit.Exit<unknown, SqlError>): string => {
+  const error = Exit.findErrorOption(exit)
+  if (error._tag === "None") return "defect"
+  const poolError = PoolError.fromSqlError(error.value)
+  return poolError?._tag ?? `SqlError/${error.value.reason._tag}`
+}
+
+const applicationName = "meshhook-worker"
+
+/** Completed by the first Ctrl-C: the run stops early and still prints its summary. */
+const stopRequested = Deferred.makeUnsafe<void>()
+
+const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
+  Effect.gen(function*() {
+    console.log(`Creating MeshHook's schema and ${flags.tenants} tenants...`)
+    const db = yield* Database.create(databaseUrl, { tenants: flags.tenants, runsPerTenant: 10 })
+    const workerPool = Pool.layer({
+      url: db.workerUrl,
+      name: "worker",
+      applicationName,
+      tenantSetting: Database.tenantSetting,
+      requireTenant: true,
+      tenantFormat: "uuid",
+      max: flags.max
+    })
+    // The owner sees every tenant: for the live backend count and the isolation check.
+    const adminPool = Pool.layer({ url: db.adminUrl, name: "monitor", max: 1 })
+    const admin = yield* Layer.build(adminPool)
+    const adminSql = yield* Effect.provide(Effect.service(SqlClient.SqlClient), admin)
+    const workers = yield* Layer.build(workerPool)
+    const pool = yield* Effect.provide(Effect.service(Pool.Pool), workers)
+
+    const latencies: Array<number> = []
+    const errors = new Map<string, number>()
+    let done = 0
+    let peakBackends = 0
+    const httpCall = Effect.sleep(flags.httpMillis)
+    const worker = Effect.gen(function*() {
+      while (true) {
+        const started = performance.now()
+        const exit = yield* Effect.exit(Worker.runJob(httpCall))
+        if (Exit.isSuccess(exit)) {
+          if (!exit.value) return yield* Effect.sleep(50)
+          done++
+          latencies.push(performance.now() - started)
+        } else {
+          const name = errorName(exit)
+          errors.set(name, (errors.get(name) ?? 0) + 1)
+        }
+      }
+    }).pipe(Effect.forever, Effect.provide(workers))
+
+    console.log(`Running ${flags.workers} workers for ${flags.duration} s on a pool of ${flags.max}`)
+    const started = performance.now()
+    const fibers = yield* Effect.forkChild(
+      Effect.all(Array.from({ length: flags.workers }, () => worker), { concurrency: "unbounded", discard: true })
+    )
+    const progress = yield* Effect.forkChild(Effect.forever(Effect.gen(function*() {
+      yield* Effect.sleep(1_000)
+      const [backends] = yield* adminSql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`
+      peakBackends = Math.max(peakBackends, backends.n)
+      const stats = yield* pool.stats
+      const seconds = (performance.now() - started) / 1_000
+      const failed = [...errors.values()].reduce((a, b) => a + b, 0)
+      process.stdout.write(
+        `  ${seconds.toFixed(0).padStart(3)} s  jobs ${String(done).padStart(7)}  ${(done / seconds).toFixed(0).padStart(5)} jobs/s` +
+          `  pool used ${stats.used}/${stats.max} idle ${stats.idle} waiting ${String(stats.pending).padStart(3)}` +
+          `  backends ${backends.n}  errors ${failed}\n`
+      )
+    })))
+    yield* Effect.raceFirst(Effect.sleep(flags.duration * 1_000), Deferred.await(stopRequested)).pipe(
+      Effect.ensuring(Fiber.interruptAll([fibers, progress]))
+    )
+    const seconds = (performance.now() - started) / 1_000
+
+    const sorted = latencies.sort((a, b) => a - b)
+    const crossTenant = yield* Effect.provide(Worker.crossTenantRows, admin)
+    console.log(`\n${done} jobs in ${seconds.toFixed(1)} s: ${(done / seconds).toFixed(0)} jobs/s`)
+    console.log(
+      `job latency ms: p50 ${percentile(sorted, 0.5).toFixed(1)}  p95 ${percentile(sorted, 0.95).toFixed(1)}` +
+        `  p99 ${percentile(sorted, 0.99).toFixed(1)}  max ${(sorted.at(-1) ?? 0).toFixed(1)}`
+    )
+    console.log(`PostgreSQL connections used by the workers: at most ${peakBackends} (pool max ${flags.max})`)
+    console.log(`errors: ${errors.size === 0 ? "none" : [...errors].map(([name, n]) => `${name} ${n}`).join(", ")}`)
+    console.log(`isolation check: ${crossTenant} cross-tenant rows ${crossTenant === 0 ? "(ok)" : "(VIOLATION)"}`)
+    if (crossTenant !== 0) return yield* Effect.die(new Error("cross-tenant rows found"))
+  })
+
+const program = (flags: Flags) =>
+  Effect.gen(function*() {
+    const external = process.env.DATABASE_URL
+    if (external !== undefined && external !== "") return yield* run(flags, Redacted.make(external))
+    console.log("No DATABASE_URL: starting a throwaway PostgreSQL server...")
+    const server = yield* PgServer.make({ durable: true })
+    yield* run(flags, server.url())
+  }).pipe(Effect.scoped)
+
+const flags = readFlags(process.argv.slice(2))
+if (typeof flags === "string") {
+  if (flags !== "") console.error(`${flags}\n`)
+  console.error(usage)
+  process.exit(flags === "" ? 0 : 2)
+}
+const fiber = Effect.runFork(program(flags))
+let signals = 0
+const stop = () => {
+  // The first Ctrl-C ends the run early, with its summary; a second one stops at once.
+  if (signals++ === 0 && Deferred.doneUnsafe(stopRequested, Effect.void)) {
+    console.log("\nStopping early: finishing the summary, then draining the pool and stopping the server...")
+    return
+  }
+  console.log("\nStopping now: draining the pool and stopping the server...")
+  Effect.runFork(Fiber.interrupt(fiber))
+}
+process.on("SIGINT", stop)
+process.on("SIGTERM", stop)
+fiber.addObserver((exit) => {
+  if (Exit.isSuccess(exit)) return
+  if (Exit.hasInterrupts(exit)) {
+    console.log("Stopped cleanly.")
+    return
+  }
+  const error = Exit.findErrorOption(exit)
+  console.error(`Failed: ${error._tag === "Some" ? (error.value as Error).message : String(exit.cause)}`)
+  process.exitCode = 1
+})
