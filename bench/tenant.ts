@@ -73,6 +73,15 @@ const contenders: Array<Contender> = [
       const run = pick()
       return Tenant.with(byKey(sql, run.id), run.project)
     })),
+  contender("same, sessionCheck: always", {
+    url: db.workerUrl,
+    tenantSetting: Database.tenantSetting,
+    sessionCheck: "always"
+  }, (sql) =>
+    Effect.suspend(() => {
+      const run = pick()
+      return Tenant.with(byKey(sql, run.id), run.project)
+    })),
   contender("worker role, Tenant.with, 3 statements in withTransaction", {
     url: db.workerUrl,
     tenantSetting: Database.tenantSetting
