@@ -1,22 +1,33 @@
 /**
- * The benchmark harness: contenders run in alternation, round after round, so
- * that the machine's drift hits them alike; each round is a closed loop of
- * `concurrency` callers for a fixed time after a warm-up. Reports medians,
- * the min-max spread over rounds, and ratios to a baseline.
+ * The benchmark harness: contenders run in alternation, round after round
+ * (the starting contender rotating too), so that the machine's drift hits
+ * them alike. Reports medians over rounds, the min-max spread of throughput,
+ * and ratios.
  */
 import * as Os from "node:os"
-
-export interface Contender {
-  readonly name: string
-  /** Prepares the contender once (connections, statements); returns its operation and a teardown. */
-  readonly setup: () => Promise<{ readonly op: () => Promise<unknown>; readonly close: () => Promise<void> }>
-}
 
 export interface RoundResult {
   readonly opsPerSecond: number
   readonly p50Millis: number
   readonly p99Millis: number
+  readonly maxMillis: number
   readonly errors: number
+  /** Node's CPU time over wall time, in percent of one core; `NaN` for out-of-process contenders. */
+  readonly cpuPercent: number
+  /** Most server backends the contender held at once during the round. */
+  readonly backends: number
+}
+
+export interface Prepared {
+  readonly round: (millis: number) => Promise<Omit<RoundResult, "backends">>
+  readonly close: () => Promise<void>
+}
+
+export interface Contender {
+  readonly name: string
+  /** The `application_name` its connections carry, to count its backends. */
+  readonly applicationName: string
+  readonly setup: () => Promise<Prepared>
 }
 
 export interface Summary {
@@ -27,23 +38,35 @@ export interface Summary {
   readonly max: number
 }
 
-const percentile = (sorted: Float64Array, p: number): number =>
+export const percentile = (sorted: ArrayLike<number>, p: number): number =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]
 
-const median = (values: ReadonlyArray<number>): number => {
-  const sorted = [...values].sort((a, b) => a - b)
+export const median = (values: ReadonlyArray<number>): number => {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b)
+  if (sorted.length === 0) return NaN
   const mid = sorted.length >> 1
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
 }
 
-/** Runs `op` from `concurrency` closed loops for `millis`, recording each operation's latency. */
+/** Latency statistics of one round. */
+export const latencyStats = (latencies: ArrayLike<number>) => {
+  const sorted = Float64Array.from(latencies).sort()
+  return {
+    p50Millis: percentile(sorted, 0.5),
+    p99Millis: percentile(sorted, 0.99),
+    maxMillis: sorted.length === 0 ? NaN : sorted[sorted.length - 1]
+  }
+}
+
+/** Runs `op` from `concurrency` closed loops for `millis`, recording latencies and Node's CPU time. */
 export const closedLoop = async (
   op: () => Promise<unknown>,
   concurrency: number,
   millis: number
-): Promise<RoundResult> => {
+): Promise<Omit<RoundResult, "backends">> => {
   const latencies: Array<number> = []
   let errors = 0
+  const cpu = process.cpuUsage()
   const started = performance.now()
   const until = started + millis
   const loop = async () => {
@@ -58,88 +81,99 @@ export const closedLoop = async (
     }
   }
   await Promise.all(Array.from({ length: concurrency }, loop))
-  const elapsed = (performance.now() - started) / 1_000
-  const sorted = Float64Array.from(latencies).sort()
+  const elapsedMillis = performance.now() - started
+  const used = process.cpuUsage(cpu)
   return {
-    opsPerSecond: latencies.length / elapsed,
-    p50Millis: percentile(sorted, 0.5),
-    p99Millis: percentile(sorted, 0.99),
-    errors
+    opsPerSecond: latencies.length / (elapsedMillis / 1_000),
+    ...latencyStats(latencies),
+    errors,
+    cpuPercent: ((used.user + used.system) / 1_000 / elapsedMillis) * 100
   }
 }
 
-export interface RunOptions {
+export interface CompareOptions {
   readonly rounds: number
   readonly roundMillis: number
   readonly warmupMillis: number
-  readonly concurrency: number
+  /** Counts the server backends with an application name. */
+  readonly backendsOf: (applicationName: string) => Promise<number>
   readonly log?: (line: string) => void
 }
 
-/** Sets every contender up, then runs them in alternation for `rounds` rounds. */
+/** Samples `count` every 50 ms while `work` runs; returns the work's result and the peak seen. */
+const withPeak = async <A>(count: () => Promise<number>, work: Promise<A>): Promise<[A, number]> => {
+  let peak = 0
+  let done = false
+  const sampler = (async () => {
+    while (!done) {
+      peak = Math.max(peak, await count().catch(() => 0))
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  })()
+  try {
+    return [await work, peak]
+  } finally {
+    done = true
+    await sampler
+  }
+}
+
+/** Sets the contenders up, warms them, then runs them in alternation. */
 export const compare = async (
   contenders: ReadonlyArray<Contender>,
-  options: RunOptions
+  options: CompareOptions
 ): Promise<Array<Summary>> => {
   const log = options.log ?? ((line: string) => console.error(line))
-  const prepared = []
-  for (const contender of contenders) prepared.push({ contender, ...(await contender.setup()) })
+  const prepared: Array<Contender & Prepared> = []
   const results = new Map<string, Array<RoundResult>>(contenders.map((c) => [c.name, []]))
   try {
-    for (const { op } of prepared) await closedLoop(op, options.concurrency, options.warmupMillis)
+    for (const contender of contenders) prepared.push({ ...contender, ...(await contender.setup()) })
+    for (const contender of prepared) await contender.round(options.warmupMillis)
     for (let round = 0; round < options.rounds; round++) {
-      // Rotate the starting contender each round as well.
       for (let i = 0; i < prepared.length; i++) {
-        const { contender, op } = prepared[(i + round) % prepared.length]
-        const result = await closedLoop(op, options.concurrency, options.roundMillis)
-        results.get(contender.name)!.push(result)
+        const contender = prepared[(i + round) % prepared.length]
+        const [result, backends] = await withPeak(
+          () => options.backendsOf(contender.applicationName),
+          contender.round(options.roundMillis)
+        )
+        results.get(contender.name)!.push({ ...result, backends })
         log(
-          `  round ${round + 1}/${options.rounds} ${contender.name.padEnd(36)} ${result.opsPerSecond.toFixed(0).padStart(7)}/s` +
-            `  p50 ${result.p50Millis.toFixed(2)} ms  p99 ${result.p99Millis.toFixed(2)} ms${result.errors ? `  errors ${result.errors}` : ""}`
+          `    ${round + 1}/${options.rounds} ${contender.name.padEnd(34)} ${result.opsPerSecond.toFixed(0).padStart(7)}/s` +
+            `  p50 ${result.p50Millis.toFixed(2)}  p99 ${result.p99Millis.toFixed(2)} ms  backends ${backends}` +
+            (Number.isNaN(result.cpuPercent) ? "" : `  cpu ${result.cpuPercent.toFixed(0)}%`) +
+            (result.errors > 0 ? `  errors ${result.errors}` : "")
         )
       }
     }
   } finally {
-    for (const { close } of prepared) await close()
+    for (const contender of prepared) await contender.close()
   }
-  return contenders.map(({ name }) => {
-    const rounds = results.get(name)!
-    const throughput = rounds.map((r) => r.opsPerSecond)
-    return {
-      name,
-      rounds,
-      median: {
-        opsPerSecond: median(throughput),
-        p50Millis: median(rounds.map((r) => r.p50Millis)),
-        p99Millis: median(rounds.map((r) => r.p99Millis)),
-        errors: rounds.reduce((sum, r) => sum + r.errors, 0)
-      },
-      min: Math.min(...throughput),
-      max: Math.max(...throughput)
-    }
-  })
+  return contenders.map(({ name }) => summarize(name, results.get(name)!))
 }
 
-/** A Markdown table of the summaries, with throughput ratios to the first. */
-export const table = (summaries: ReadonlyArray<Summary>): string => {
-  const base = summaries[0].median.opsPerSecond
-  const lines = [
-    "| contender | ops/s (median) | min-max | vs first | p50 ms | p99 ms | errors |",
-    "|---|---|---|---|---|---|---|"
-  ]
-  for (const s of summaries) {
-    lines.push(
-      `| ${s.name} | ${s.median.opsPerSecond.toFixed(0)} | ${s.min.toFixed(0)}-${s.max.toFixed(0)} | ${
-        (s.median.opsPerSecond / base).toFixed(2)
-      }x | ${s.median.p50Millis.toFixed(2)} | ${s.median.p99Millis.toFixed(2)} | ${s.median.errors} |`
-    )
+export const summarize = (name: string, rounds: ReadonlyArray<RoundResult>): Summary => {
+  const throughput = rounds.map((r) => r.opsPerSecond)
+  const pick = (f: (r: RoundResult) => number) => median(rounds.map(f))
+  return {
+    name,
+    rounds,
+    median: {
+      opsPerSecond: pick((r) => r.opsPerSecond),
+      p50Millis: pick((r) => r.p50Millis),
+      p99Millis: pick((r) => r.p99Millis),
+      maxMillis: pick((r) => r.maxMillis),
+      errors: rounds.reduce((sum, r) => sum + r.errors, 0),
+      cpuPercent: pick((r) => r.cpuPercent),
+      backends: Math.max(...rounds.map((r) => r.backends))
+    },
+    min: Math.min(...throughput),
+    max: Math.max(...throughput)
   }
-  return lines.join("\n")
 }
 
 /** The machine, for the record. */
 export const machine = (): string => {
   const cpus = Os.cpus()
-  return `${cpus.length} x ${cpus[0]?.model ?? "unknown CPU"}, ${(Os.totalmem() / 2 ** 30).toFixed(0)} GiB, ` +
+  return `${cpus.length} x ${cpus[0]?.model ?? "unknown CPU"}, ${(Os.totalmem() / 2 ** 30).toFixed(0)} GiB RAM, ` +
     `${Os.type()} ${Os.release()}, Node ${process.version}`
 }

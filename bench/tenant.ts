@@ -15,7 +15,8 @@ import * as Pool from "../src/Pool.ts"
 import * as PoolConfig from "../src/PoolConfig.ts"
 import * as Tenant from "../src/Tenant.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
-import { compare, type Contender, machine, table } from "./harness.ts"
+import { closedLoop, compare, type Contender, machine } from "./harness.ts"
+import { table } from "./report.ts"
 
 const { values } = parseArgs({
   options: {
@@ -54,11 +55,12 @@ const contender = (
   op: (sql: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>
 ): Contender => ({
   name,
+  applicationName: name,
   setup: async () => {
-    const runtime = ManagedRuntime.make(Pool.layer({ max, ...options }))
+    const runtime = ManagedRuntime.make(Pool.layer({ max, applicationName: name.slice(0, 60), ...options }))
     const sql = await runtime.runPromise(Effect.service(SqlClient.SqlClient))
     const effect = op(sql)
-    return { op: () => runtime.runPromise(effect), close: () => runtime.dispose() }
+    return { round: (millis) => closedLoop(() => runtime.runPromise(effect), concurrency, millis), close: () => runtime.dispose() }
   }
 })
 
@@ -94,6 +96,9 @@ const contenders: Array<Contender> = [
 
 console.error(`tenant overhead: ${rounds} rounds of ${roundMillis / 1000} s, ${concurrency} callers, pool max ${max}`)
 console.error(machine())
-const summaries = await compare(contenders, { rounds, roundMillis, warmupMillis: 1_000, concurrency })
+const backendsOf = (applicationName: string) =>
+  withSql({ url: db.adminUrl, max: 1 }, (sql) =>
+    Effect.map(sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${applicationName.slice(0, 60)}`, ([r]) => r.n))
+const summaries = await compare(contenders, { rounds, roundMillis, warmupMillis: 1_000, backendsOf })
 console.log(table(summaries))
 await Effect.runPromise(Scope.close(scope, Exit.void))

@@ -64,6 +64,12 @@ export interface Options {
   readonly max?: number | undefined
   /** Connection attempts in flight at once, so a spike does not set off a storm of connects. Default 2. */
   readonly maxConnecting?: number | undefined
+  /**
+   * Autocommit statements without a tenant that one connection carries at
+   * once, pipelined. `1` gives every statement a connection of its own.
+   * Default 16.
+   */
+  readonly pipelineDepth?: number | undefined
   /** Callers allowed to wait at once; past it, `PoolSaturatedError`. `Infinity` for no bound. Default 1000. */
   readonly maxWaiting?: number | undefined
   /** Longest a caller waits for a connection before `PoolTimeoutError`. Default 10 s. */
@@ -138,6 +144,7 @@ export interface Resolved {
   readonly min: number
   readonly max: number
   readonly maxConnecting: number
+  readonly pipelineDepth: number
   readonly maxWaiting: number
   readonly acquireTimeout: number
   readonly idleTimeout: number
@@ -174,6 +181,7 @@ export const defaults = {
   min: 0,
   max: 10,
   maxConnecting: 2,
+  pipelineDepth: 16,
   maxWaiting: 1000,
   acquireTimeout: 10_000,
   idleTimeout: 60_000,
@@ -421,6 +429,8 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
     const max = check(integer("max", options.max, defaults.max, 1))
     if (min !== undefined && max !== undefined && min > max) check(bad("min", min, `must not exceed max (${max})`))
     const maxConnecting = check(integer("maxConnecting", options.maxConnecting, defaults.maxConnecting, 1))
+    const pipelineDepth = check(integer("pipelineDepth", options.pipelineDepth, defaults.pipelineDepth, 1))
+    if (pipelineDepth > 128) check(bad("pipelineDepth", pipelineDepth, "must be at most 128 (the driver's pipeline)"))
     const maxWaiting = check(integer("maxWaiting", options.maxWaiting, defaults.maxWaiting, 0, { infinite: true }))
     const maxUses = check(integer("maxUses", options.maxUses, defaults.maxUses, 1, { infinite: true }))
     const preparedStatementCacheSize = check(
@@ -477,6 +487,7 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       min,
       max,
       maxConnecting,
+      pipelineDepth,
       maxWaiting,
       acquireTimeout,
       idleTimeout,
@@ -529,6 +540,7 @@ export const environment = {
   min: "PGPOOL_MIN",
   max: "PGPOOL_MAX",
   maxConnecting: "PGPOOL_MAX_CONNECTING",
+  pipelineDepth: "PGPOOL_PIPELINE_DEPTH",
   maxWaiting: "PGPOOL_MAX_WAITING",
   acquireTimeout: "PGPOOL_ACQUIRE_TIMEOUT",
   idleTimeout: "PGPOOL_IDLE_TIMEOUT",
@@ -553,6 +565,7 @@ const numericOptions: ReadonlySet<string> = new Set([
   "min",
   "max",
   "maxConnecting",
+  "pipelineDepth",
   "maxWaiting",
   "maxUses",
   "maxLifetimeJitter",

@@ -31,7 +31,10 @@ describe("PgConnector", () => {
       const { connection, reports } = yield* watched
       const fiber = yield* Effect.forkChild(connection.query("SELECT pg_sleep(30)"))
       yield* Effect.sleep(50)
-      yield* Fiber.interrupt(fiber)
+      // The pool cancels statements of a connection it lent to one caller alone.
+      yield* PgConnector.cancel(connection)
+      const cancelled = yield* Effect.flip(Fiber.join(fiber))
+      assert.include(cancelled.message + String(cancelled.reason.cause), "cancel")
       const [row] = (yield* connection.query("SELECT 1 AS one")).rows
       assert.strictEqual(row.one, 1)
       assert.strictEqual(reports.retired, 0)

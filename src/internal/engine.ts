@@ -8,6 +8,11 @@
  * 2. First come, first served: a released connection goes straight to the
  *    oldest waiter, and nobody takes an idle connection while others wait, so
  *    a fiber that releases and re-acquires queues behind them.
+ * 2b. A connection is lent to one caller alone (transactions, tenant work), or
+ *    shared by up to `pipelineDepth` autocommit statements that the driver
+ *    pipelines. Sharing follows rule 2: a shared connection takes no new
+ *    borrower while anyone waits, and a waiter for a connection of its own
+ *    waits for a shared one to drain.
  * 3. A connection is opened only when waiters outnumber the connections being
  *    opened, or to keep `min` open, and at most `maxConnecting` at a time: a
  *    spike of callers is served by the first connections to open rather than
@@ -54,6 +59,8 @@ export interface Connector<C> {
    * driver can no longer vouch for its state (a cancel it could not confirm).
    */
   readonly onRetire: (connection: C, retire: () => void) => void
+  /** Cancels whatever the connection's server session is running. */
+  readonly cancel: (connection: C) => Effect.Effect<void>
 }
 
 /**
@@ -68,6 +75,7 @@ export interface EngineOptions extends
     | "min"
     | "max"
     | "maxConnecting"
+    | "pipelineDepth"
     | "maxWaiting"
     | "acquireTimeout"
     | "idleTimeout"
@@ -107,21 +115,32 @@ export interface Stats {
 /** @internal */
 export interface Engine<C> {
   /**
-   * Takes a connection, waiting in line if none is free. The caller must hand
-   * it back with `release` or `invalidate`; run it where interruption cannot
-   * come between the two.
+   * Takes a connection for the caller alone, waiting in line if none is free.
+   * The caller must hand it back with `release` or `invalidate`; run it where
+   * interruption cannot come between the two.
    */
   readonly acquire: Effect.Effect<Entry<C>, PoolError>
-  /** Takes a connection back; it goes to the next waiter, or idles. */
+  /** Takes a share of a connection for one autocommit statement; as `acquire` otherwise. */
+  readonly acquireShared: Effect.Effect<Entry<C>, PoolError>
+  /** Gives a connection (or a share of one) back; it goes to the next waiter, or idles. */
   readonly release: (entry: Entry<C>) => void
-  /** Takes a connection back and closes it: its state is unknown. */
+  /** Gives it back to be closed: its state is unknown. A shared one closes when its last borrower leaves. */
   readonly invalidate: (entry: Entry<C>) => void
+  /**
+   * Gives back a share whose statement's caller left while it ran. The
+   * connection takes no new borrowers; when the others have their answers,
+   * only abandoned statements can be running, so they are cancelled on the
+   * server and the connection closed (a late cancel must not hit a stranger).
+   */
+  readonly abandon: (entry: Entry<C>) => void
   readonly stats: () => Stats
   /** Drains and closes the pool; see rule 6. */
   readonly shutdown: Effect.Effect<void>
 }
 
 interface Waiter<C> extends Node {
+  /** Wants a share of a connection rather than one of its own. */
+  readonly shared: boolean
   readonly resume: (effect: Effect.Effect<Entry<C>, PoolError>) => void
   readonly enqueuedAt: number
   readonly deadline: number
@@ -152,6 +171,8 @@ export const make = <C>(
     const background = new Set<Fiber.Fiber<unknown, unknown>>()
     const closing = new Set<Fiber.Fiber<unknown, unknown>>()
     const drained = Deferred.makeUnsafe<void>()
+    /** Waiters that want a share, for the demand on new connections. */
+    let sharedWaiting = 0
     let creating = 0
     let closed = false
     let timeoutSweepRunning = false
@@ -168,15 +189,38 @@ export const make = <C>(
     const settle = (waiter: Waiter<C>, effect: Effect.Effect<Entry<C>, PoolError>): void =>
       queueMicrotask(() => waiter.resume(effect))
 
-    const checkout = (entry: Entry<C>): Entry<C> => {
-      entry.state = "used"
+    const checkout = (entry: Entry<C>, shared: boolean): Entry<C> => {
       entry.uses++
+      if (shared) {
+        entry.state = "shared"
+        entry.borrowers++
+      } else {
+        entry.state = "used"
+      }
       return entry
     }
 
+    const dequeue = (): Waiter<C> | undefined => {
+      const waiter = waiters.shift()
+      if (waiter?.shared) sharedWaiting--
+      return waiter
+    }
+
+    const leave = (waiter: Waiter<C>): boolean => {
+      const left = waiters.remove(waiter)
+      if (left && waiter.shared) sharedWaiting--
+      return left
+    }
+
     const serve = (waiter: Waiter<C>, entry: Entry<C>): void => {
-      waiter.entry = checkout(entry)
+      waiter.entry = checkout(entry, waiter.shared)
       settle(waiter, Effect.succeed(entry))
+    }
+
+    /** Hands spare capacity of a shared connection to the waiters at the head that want a share. */
+    const serveShares = (entry: Entry<C>): void => {
+      if (entry.draining) return
+      while (entry.borrowers < options.pipelineDepth && waiters.peek()?.shared) serve(dequeue()!, entry)
     }
 
     const makeIdle = (entry: Entry<C>, at: number): void => {
@@ -185,11 +229,12 @@ export const make = <C>(
       idle.push(entry)
     }
 
-    /** A free connection goes to the oldest waiter, else to the idle stack. */
+    /** A free connection goes to the oldest waiter (and the shares behind it), else to the idle stack. */
     const offer = (entry: Entry<C>): void => {
-      const waiter = waiters.shift()
-      if (waiter !== undefined) serve(waiter, entry)
-      else makeIdle(entry, now())
+      const waiter = dequeue()
+      if (waiter === undefined) return makeIdle(entry, now())
+      serve(waiter, entry)
+      if (waiter.shared) serveShares(entry)
     }
 
     const destroy = (entry: Entry<C>): void => {
@@ -200,7 +245,8 @@ export const make = <C>(
       }
       entry.state = "closed"
       entries.delete(entry)
-      fork(Scope.close(entry.scope, Exit.void), closing)
+      const close = Scope.close(entry.scope, Exit.void)
+      fork(entry.abandoned ? Effect.andThen(connector.cancel(entry.connection), close) : close, closing)
       if (closed) {
         if (entries.size === 0) Deferred.doneUnsafe(drained, Effect.void)
       } else {
@@ -208,11 +254,15 @@ export const make = <C>(
       }
     }
 
-    /** Rule 3: open connections while waiters outnumber openings, or below `min`. */
+    /** Connections the waiters need: one each, or one per `pipelineDepth` shares. */
+    const demand = (): number =>
+      waiters.size - sharedWaiting + Math.ceil(sharedWaiting / options.pipelineDepth)
+
+    /** Rule 3: open connections while the waiters need more than are being opened, or below `min`. */
     const fill = (): void => {
       while (
         !closed && entries.size + creating < options.max && creating < options.maxConnecting &&
-        (waiters.size > creating || entries.size + creating < options.min)
+        (demand() > creating || entries.size + creating < options.min)
       ) {
         creating++
         fork(create, background)
@@ -221,9 +271,10 @@ export const make = <C>(
 
     /** Whether the opening in progress is still wanted: `fill` would start it now. */
     const stillNeeded = (): boolean =>
-      !closed && (waiters.size > creating - 1 || entries.size + creating - 1 < options.min)
+      !closed && (demand() > creating - 1 || entries.size + creating - 1 < options.min)
 
     const failWaiters = (error: PoolError): void => {
+      sharedWaiting = 0
       for (const waiter of waiters.drain()) settle(waiter, Effect.fail(error))
     }
 
@@ -254,7 +305,7 @@ export const make = <C>(
     /** Rule 5, from the driver: an idle connection goes now, a lent one on return. */
     const retire = (entry: Entry<C>): void => {
       if (entry.state === "idle") destroy(entry)
-      else if (entry.state === "used") entry.broken = true
+      else if (entry.state !== "closed") entry.broken = true
     }
 
     /**
@@ -296,7 +347,7 @@ export const make = <C>(
       }
       const at = now()
       if (head.deadline > at) return Effect.andThen(Effect.sleep(head.deadline - at), sweepTimeouts)
-      waiters.remove(head)
+      leave(head)
       settle(
         head,
         Effect.fail(
@@ -312,10 +363,10 @@ export const make = <C>(
       return sweepTimeouts
     })
 
-    const takeIdle = (): Entry<C> | undefined => {
+    const takeIdle = (shared: boolean): Entry<C> | undefined => {
       const at = now()
       for (let entry = idle.pop(); entry !== undefined; entry = idle.pop()) {
-        if (!entry.isSpent(at, options.maxUses)) return checkout(entry)
+        if (!entry.isSpent(at, options.maxUses)) return checkout(entry, shared)
         // Out of the idle stack already; `destroy` must not look for it there.
         entry.state = "used"
         destroy(entry)
@@ -323,52 +374,107 @@ export const make = <C>(
       return undefined
     }
 
-    const wait = Effect.callback<Entry<C>, PoolError>((resume) => {
+    /**
+     * A share of the busiest shared connection that has room. Filling one
+     * connection before the next puts more statements in each write, and
+     * writes (system calls) are what a pipelining client spends its time on;
+     * it also keeps whole connections free for callers that need one alone.
+     */
+    const takeShare = (): Entry<C> | undefined => {
       const at = now()
-      const waiter: Waiter<C> = {
-        prev: undefined,
-        next: undefined,
-        queued: false,
-        resume,
-        enqueuedAt: at,
-        deadline: at + options.acquireTimeout,
-        entry: undefined
+      let best: Entry<C> | undefined
+      for (const entry of entries) {
+        if (
+          entry.state === "shared" && !entry.draining && entry.borrowers < options.pipelineDepth &&
+          !entry.isSpent(at, options.maxUses) &&
+          (best === undefined || entry.borrowers > best.borrowers)
+        ) best = entry
       }
-      waiters.push(waiter)
-      if (!timeoutSweepRunning) {
-        timeoutSweepRunning = true
-        fork(sweepTimeouts, background)
-      }
-      fill()
-      return Effect.sync(() => {
-        // Interrupted: leave the line, or give back what was already handed over.
-        if (waiters.remove(waiter)) return
-        const entry = waiter.entry
-        waiter.entry = undefined
-        if (entry !== undefined) release(entry)
+      return best === undefined ? undefined : checkout(best, true)
+    }
+
+    const wait = (shared: boolean) =>
+      Effect.callback<Entry<C>, PoolError>((resume) => {
+        const at = now()
+        const waiter: Waiter<C> = {
+          prev: undefined,
+          next: undefined,
+          queued: false,
+          shared,
+          resume,
+          enqueuedAt: at,
+          deadline: at + options.acquireTimeout,
+          entry: undefined
+        }
+        waiters.push(waiter)
+        if (shared) sharedWaiting++
+        if (!timeoutSweepRunning) {
+          timeoutSweepRunning = true
+          fork(sweepTimeouts, background)
+        }
+        fill()
+        return Effect.sync(() => {
+          // Interrupted: leave the line, or give back what was already handed over.
+          if (leave(waiter)) return
+          const entry = waiter.entry
+          waiter.entry = undefined
+          if (entry !== undefined) release(entry)
+        })
       })
-    })
+    const waitAlone = wait(false)
+    const waitForShare = wait(true)
+
+    const saturated = () =>
+      Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
 
     const acquire: Effect.Effect<Entry<C>, PoolError> = Effect.suspend(() => {
       if (closed) return Effect.fail(new PoolClosedError())
       if (waiters.size === 0) {
-        const entry = takeIdle()
+        const entry = takeIdle(false)
         if (entry !== undefined) return Effect.succeed(entry)
       }
-      if (waiters.size >= options.maxWaiting) {
-        return Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
+      return waiters.size >= options.maxWaiting ? saturated() : waitAlone
+    })
+
+    const acquireShared: Effect.Effect<Entry<C>, PoolError> = Effect.suspend(() => {
+      if (closed) return Effect.fail(new PoolClosedError())
+      if (waiters.size === 0) {
+        const entry = takeShare() ?? takeIdle(true)
+        if (entry !== undefined) return Effect.succeed(entry)
       }
-      return wait
+      return waiters.size >= options.maxWaiting ? saturated() : waitForShare
     })
 
     const release = (entry: Entry<C>): void => {
+      if (entry.state === "shared") {
+        entry.borrowers--
+        if (entry.borrowers > 0) {
+          if (!closed && !entry.isSpent(now(), options.maxUses)) serveShares(entry)
+          return
+        }
+        entry.state = "used"
+        entry.draining = false
+        if (entry.abandoned) return destroy(entry)
+      }
       if (entry.state !== "used") return
       if (closed || entry.isSpent(now(), options.maxUses)) destroy(entry)
       else offer(entry)
     }
 
+    const abandon = (entry: Entry<C>): void => {
+      if (entry.state !== "shared") return invalidate(entry)
+      entry.draining = true
+      entry.abandoned = true
+      release(entry)
+    }
+
     const invalidate = (entry: Entry<C>): void => {
-      if (entry.state === "used") destroy(entry)
+      if (entry.state === "shared") {
+        entry.broken = true
+        release(entry)
+      } else if (entry.state === "used") {
+        destroy(entry)
+      }
     }
 
     /** The housekeeper's round: retire expired idle connections, evict idle ones above `min`, refill. */
@@ -427,5 +533,5 @@ export const make = <C>(
     offer(admit(first))
     fill()
     fork(Effect.forever(Effect.andThen(Effect.sleep(options.housekeepingInterval), housekeep)), background)
-    return { acquire, release, invalidate, stats, shutdown } satisfies Engine<C>
+    return { acquire, acquireShared, release, invalidate, abandon, stats, shutdown } satisfies Engine<C>
   })

@@ -7,7 +7,7 @@
 import type * as Scope from "effect/Scope"
 
 /** @internal */
-export type EntryState = "idle" | "used" | "closed"
+export type EntryState = "idle" | "used" | "shared" | "closed"
 
 /** @internal */
 export class Entry<C> {
@@ -17,7 +17,14 @@ export class Entry<C> {
   readonly createdAt: number
   /** `createdAt + maxLifetime`, shortened by this connection's own jitter. */
   readonly expiresAt: number
+  /** `used`: lent to one caller alone; `shared`: carrying `borrowers` pipelined statements. */
   state: EntryState = "idle"
+  /** Callers sharing it while `shared`. */
+  borrowers = 0
+  /** Takes no new borrowers until the current ones are gone. */
+  draining = false
+  /** Carries a statement whose caller left; once the others are answered it is cancelled and the connection closed. */
+  abandoned = false
   /** Checkouts so far, for `maxUses`. */
   uses = 0
   /** When it last went idle, for `idleTimeout`. */

@@ -119,3 +119,25 @@ export const findings = (row: Readonly<Record<string, unknown>>): string | undef
   if (row.temp_tables !== 0) found.push(`${row.temp_tables} temporary table(s)`)
   return found.length === 0 ? undefined : found.join(", ")
 }
+
+/** First words of statements that run alone in their implicit transaction and may share a connection. */
+const shareableStart = /^\s*(?:select|insert|update|delete|with|values|table|merge)\b/i
+const shareVerdicts = new Map<string, boolean>()
+
+/**
+ * Whether an autocommit statement may be pipelined on a connection other
+ * callers' statements share: a plain query or DML whose text cannot set
+ * session state. The rest (`SET`, `LISTEN`, `DO`, `CALL`, DDL, ...) get a
+ * connection of their own.
+ *
+ * @internal
+ */
+export const isShareable = (sql: string): boolean => {
+  let verdict = shareVerdicts.get(sql)
+  if (verdict === undefined) {
+    verdict = shareableStart.test(sql) && !isSuspectText(sql)
+    if (shareVerdicts.size >= maxRemembered) shareVerdicts.clear()
+    shareVerdicts.set(sql, verdict)
+  }
+  return verdict
+}

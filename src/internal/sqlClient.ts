@@ -1,22 +1,28 @@
 /**
  * `SqlClient` served from the pool engine.
  *
- * - A statement borrows a connection for itself; a transaction, stream or
- *   `reserve` leases one until its scope closes.
- * - Under a tenant, SQL runs in a transaction whose first statement is
- *   `set_config(<tenantSetting>, $1, true)`: a lone statement gets a
- *   transaction of its own, a stream or reservation one for its scope, and
- *   `withTransaction` has the tenant set right after its `BEGIN`.
+ * - An autocommit statement without a tenant shares a connection with other
+ *   callers' statements, pipelined by the driver, when its text is a plain
+ *   query or DML; any other statement gets a connection of its own.
+ * - Under a tenant, SQL runs in a transaction whose first statement after
+ *   `BEGIN` is `set_config(<tenantSetting>, $1, true)`. A lone statement is
+ *   sent as `BEGIN`, the set, the statement and `COMMIT` in one write;
+ *   `withTransaction` has the set sent with its `BEGIN`; a stream runs in a
+ *   transaction of its own.
+ * - A connection lent to one caller is cancelled on the server when that
+ *   caller is interrupted mid-statement.
  * - Every lease comes back clean or not at all: inside a transaction it is
- *   closed; after a statement that may have set session state it is checked
- *   on the server, and closed if it did.
+ *   closed; after a statement that may have set session state it is checked on
+ *   the server, and closed if it did.
  *
  * @internal
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import type { Reactivity } from "effect/reactivity/Reactivity"
+import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Connection } from "effect/sql/SqlConnection"
@@ -28,21 +34,49 @@ import * as PoolError from "../PoolError.ts"
 import * as Tenant from "../Tenant.ts"
 import type { Engine } from "./engine.ts"
 import type { Entry } from "./entry.ts"
+import { cancel } from "./pgConnector.ts"
 import * as SessionState from "./sessionState.ts"
 
 type Rows = <A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>
 type PgEntry = Entry<PgConnection.PgConnection>
+type Values = ReadonlyArray<ReadonlyArray<unknown>>
 
 const setTenantSql = "SELECT set_config($1, $2, true)"
+const beginText = /^\s*(?:begin|start\s+transaction)\b/i
+
+const isBegin = (result: PgConnection.Result) => result.command === "BEGIN" || result.command === "START"
+
+/** The first failure among results, in submission order. */
+const firstFailure = (results: ReadonlyArray<Result.Result<unknown, SqlError>>): SqlError | undefined => {
+  for (const result of results) if (Result.isFailure(result)) return result.failure
+  return undefined
+}
+
+/** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`: that is a failure. */
+const commitRolledBack = () =>
+  new SqlError({
+    reason: new UnknownError({
+      cause: new Error("COMMIT rolled back an aborted transaction"),
+      message: "COMMIT rolled back an aborted transaction",
+      operation: "commit"
+    })
+  })
+
+const commit = (connection: Connection): Effect.Effect<void, SqlError> =>
+  Effect.flatMap(
+    connection.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>,
+    (result) => result.command === "ROLLBACK" ? Effect.fail(commitRolledBack()) : Effect.void
+  )
 
 /**
- * One lease of a connection as `SqlClient` sees it.
+ * A connection lent to one caller alone, as `SqlClient` sees it.
  *
  * It follows the transaction state from the command tags the server returns,
- * sets the tenant after every `BEGIN`, and notes statements that may have set
- * session state. A lease that outlives the statement that took it (a
- * transaction, stream or reservation) also checks that each statement asks
- * for the tenant scope it was taken under.
+ * sets the tenant with every `BEGIN`, notes statements that may have set
+ * session state, and cancels the statement on the server when its caller is
+ * interrupted. A lease that outlives one statement (a transaction, stream or
+ * reservation) also checks that each statement asks for the tenant scope it
+ * was taken under.
  */
 class Lease implements Connection {
   readonly entry: PgEntry
@@ -60,7 +94,8 @@ class Lease implements Connection {
     this.checkScope = checkScope
   }
 
-  private note(result: PgConnection.Result, sql: string): void {
+  /** Follows the transaction state; `sql` is judged for session state unless the pool wrote it. */
+  private note(result: PgConnection.Result, sql: string | undefined): PgConnection.Result {
     switch (result.command) {
       case "BEGIN":
       case "START":
@@ -70,7 +105,37 @@ class Lease implements Connection {
       case "ROLLBACK":
         this.inTransaction = false
     }
-    if (!this.suspect && SessionState.isSuspect(result.command, sql)) this.suspect = true
+    if (sql !== undefined && !this.suspect && SessionState.isSuspect(result.command, sql)) this.suspect = true
+    return result
+  }
+
+  private readonly cancelOnInterrupt = <A>(effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
+    Effect.onInterrupt(effect, () => cancel(this.entry.connection))
+
+  /** One statement on the wire, noted, cancelled on the server if its caller is interrupted. */
+  submit(sql: string, params: ReadonlyArray<unknown>, prepare = true): Effect.Effect<PgConnection.Result, SqlError> {
+    return this.cancelOnInterrupt(
+      Effect.map(this.entry.connection.query(sql, params, prepare), (result) => this.note(result, sql))
+    )
+  }
+
+  /** As `submit`, for the pool's own statements (transaction control, the tenant's set). */
+  private control(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<PgConnection.Result, SqlError> {
+    return this.cancelOnInterrupt(
+      Effect.map(this.entry.connection.query(sql, params), (result) => this.note(result, undefined))
+    )
+  }
+
+  /**
+   * Statements sent together in one write, each answered on its own, none
+   * cut short by another's failure.
+   */
+  pipeline(statements: ReadonlyArray<Effect.Effect<PgConnection.Result, SqlError>>) {
+    return Effect.all(statements, { concurrency: "unbounded", mode: "result" })
+  }
+
+  private get setTenant(): Effect.Effect<PgConnection.Result, SqlError> | undefined {
+    return this.scope._tag === "Tenant" ? this.control(setTenantSql, [this.tenantSetting, this.scope.id]) : undefined
   }
 
   /** Refuses a statement whose fiber asks for another tenant than this lease serves. */
@@ -89,30 +154,30 @@ class Lease implements Connection {
     })
   }
 
+  /** A statement; a `BEGIN` under a tenant goes out together with the tenant's set. */
   private query(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
-    const connection = this.entry.connection
-    const run = Effect.map(connection.query(sql, params, prepare), (result) => {
-      this.note(result, sql)
-      return result
-    })
-    const scope = this.scope
-    const withTenant = scope._tag !== "Tenant" ? run : Effect.tap(run, (result) =>
-      result.command === "BEGIN" || result.command === "START"
-        ? connection.query(setTenantSql, [this.tenantSetting, scope.id])
-        : Effect.void)
-    return this.guard(withTenant)
+    const setTenant = this.setTenant
+    if (setTenant === undefined) return this.guard(this.submit(sql, params, prepare))
+    if (beginText.test(sql)) {
+      return this.guard(Effect.flatMap(this.pipeline([this.submit(sql, params, prepare), setTenant]), (results) => {
+        const failure = firstFailure(results)
+        return failure === undefined ? Effect.succeed(Result.getOrThrow(results[0])) : Effect.fail(failure)
+      }))
+    }
+    // A transaction opened some other way still gets its tenant.
+    return this.guard(
+      Effect.tap(this.submit(sql, params, prepare), (result) => isBegin(result) ? setTenant : Effect.void)
+    )
   }
 
-  private values(sql: string, params: ReadonlyArray<unknown>, prepare: boolean) {
+  /** As `submit`, for positional rows; the driver returns no command tag for them, so only the text is judged. */
+  submitValues(sql: string, params: ReadonlyArray<unknown>, prepare: boolean): Effect.Effect<Values, SqlError> {
     if (!this.suspect && SessionState.isSuspectText(sql)) this.suspect = true
-    return this.guard(this.entry.connection.queryValues(sql, params, prepare))
+    return this.cancelOnInterrupt(this.entry.connection.queryValues(sql, params, prepare))
   }
 
   private rows(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined, prepare: boolean) {
-    return Effect.map(
-      this.query(sql, params, prepare),
-      transformRows === undefined ? (result) => result.rows : (result) => transformRows(result.rows)
-    )
+    return Effect.map(this.query(sql, params, prepare), (result) => transformed(result.rows, transformRows))
   }
 
   execute(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined) {
@@ -125,10 +190,10 @@ class Lease implements Connection {
     return this.query(sql, params)
   }
   executeValues(sql: string, params: ReadonlyArray<unknown>) {
-    return this.values(sql, params, true)
+    return this.guard(this.submitValues(sql, params, true))
   }
   executeValuesUnprepared(sql: string, params: ReadonlyArray<unknown>) {
-    return this.values(sql, params, false)
+    return this.guard(this.submitValues(sql, params, false))
   }
   executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined) {
     if (!this.suspect && SessionState.isSuspectText(sql)) this.suspect = true
@@ -140,34 +205,31 @@ class Lease implements Connection {
 
   readonly begin = Effect.suspend(() => this.execute("BEGIN", [], undefined))
   readonly rollback = Effect.suspend(() => this.execute("ROLLBACK", [], undefined))
+
+  /**
+   * One statement in a transaction of its own under the lease's tenant:
+   * `BEGIN`, the set, the statement and `COMMIT` in one write. The first
+   * failure is the caller's; a `COMMIT` that reports `ROLLBACK` is one.
+   */
+  tenantStatement<A>(statement: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+    return Effect.flatMap(
+      Effect.all([this.control("BEGIN"), this.setTenant!, statement, this.control("COMMIT")], {
+        concurrency: "unbounded",
+        mode: "result"
+      }),
+      ([begin, set, result, committed]) => {
+        const failure = firstFailure([begin, set, result, committed])
+        if (failure !== undefined) return Effect.fail(failure)
+        return Result.getOrThrow(committed).command === "ROLLBACK"
+          ? Effect.fail(commitRolledBack())
+          : Effect.succeed(Result.getOrThrow(result))
+      }
+    )
+  }
 }
 
-/** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`: that is a failure. */
-const commit = (connection: Connection): Effect.Effect<void, SqlError> =>
-  Effect.flatMap(connection.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>, (result) =>
-    result.command === "ROLLBACK"
-      ? Effect.fail(
-        new SqlError({
-          reason: new UnknownError({
-            cause: new Error("COMMIT rolled back an aborted transaction"),
-            message: "COMMIT rolled back an aborted transaction",
-            operation: "commit"
-          })
-        })
-      )
-      : Effect.void)
-
-/**
- * Runs `effect` in a transaction of its own on `lease`: `BEGIN` (which sets
- * the tenant), the work, `COMMIT`. On failure or interruption, `ROLLBACK`,
- * even when `BEGIN` itself was cut short and may or may not have run. A lease
- * whose transaction could not be ended stays `inTransaction` and is closed.
- */
-const inTransaction = <A, E, R>(lease: Lease, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
-  Effect.andThen(lease.begin, effect).pipe(
-    Effect.onExit((exit) => exit._tag === "Success" ? Effect.void : Effect.ignore(lease.rollback)),
-    Effect.tap(() => commit(lease))
-  )
+const transformed = <A extends object>(rows: ReadonlyArray<A>, transformRows: Rows | undefined) =>
+  transformRows === undefined ? rows : transformRows(rows)
 
 /** @internal */
 export const make = (
@@ -204,33 +266,110 @@ export const make = (
   }
 
   /** The caller's tenant scope, refused before any connection is taken if it breaks the rules. */
-  const callerScope: Effect.Effect<Tenant.Scope, SqlError> = Effect.withFiber((fiber): Effect.Effect<Tenant.Scope, SqlError> => {
-    const scope = fiber.getRef(Tenant.CurrentTenant)
-    switch (scope._tag) {
-      case "Tenant": {
-        const problem = options.checkTenant(scope.id)
-        if (problem === undefined) return Effect.succeed(scope)
-        const preview = JSON.stringify(String(scope.id).slice(0, 80))
-        return Effect.fail(PoolError.toSqlError(new PoolError.InvalidTenantError({ preview, reason: problem })))
+  const callerScope: Effect.Effect<Tenant.Scope, SqlError> = Effect.withFiber(
+    (fiber): Effect.Effect<Tenant.Scope, SqlError> => {
+      const scope = fiber.getRef(Tenant.CurrentTenant)
+      switch (scope._tag) {
+        case "Tenant": {
+          const problem = options.checkTenant(scope.id)
+          if (problem === undefined) return Effect.succeed(scope)
+          const preview = JSON.stringify(String(scope.id).slice(0, 80))
+          return Effect.fail(PoolError.toSqlError(new PoolError.InvalidTenantError({ preview, reason: problem })))
+        }
+        case "None":
+          return options.requireTenant
+            ? Effect.fail(PoolError.toSqlError(new PoolError.TenantRequiredError()))
+            : Effect.succeed(scope)
+        case "Unscoped":
+          return Effect.as(Effect.annotateCurrentSpan("meshhook.tenant.unscoped", scope.reason), scope)
       }
-      case "None":
-        return options.requireTenant
-          ? Effect.fail(PoolError.toSqlError(new PoolError.TenantRequiredError()))
-          : Effect.succeed(scope)
-      case "Unscoped":
-        return Effect.as(Effect.annotateCurrentSpan("meshhook.tenant.unscoped", scope.reason), scope)
     }
-  })
+  )
 
   const acquire = Effect.mapError(engine.acquire, PoolError.toSqlError)
+  const acquireShared = Effect.mapError(engine.acquireShared, PoolError.toSqlError)
+
+  /** Runs `f` on a connection lent to this caller alone, and takes it back on any exit. */
+  const withLease = <A, E, R>(
+    scope: Tenant.Scope,
+    f: (lease: Lease) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | SqlError, R> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(acquire), (entry) => {
+        const lease = new Lease(entry, scope, options.tenantSetting, false)
+        return Effect.onExitPrimitive(restore(f(lease)), () => giveBack(lease), true)
+      })
+    )
+
+  /** Runs one autocommit statement on a share of a connection. */
+  const onShare = <A>(run: (connection: PgConnection.PgConnection) => Effect.Effect<A, SqlError>) =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(acquireShared), (entry) =>
+        Effect.onExitPrimitive(restore(run(entry.connection)), (exit) => {
+          if (Exit.hasInterrupts(exit)) engine.abandon(entry)
+          else engine.release(entry)
+          return undefined
+        }, true))
+    )
 
   /**
-   * A lease for the life of the current scope. `openTransaction`: under a
-   * tenant, the lease runs in a transaction of its own until the scope closes
+   * One statement from `borrow`: under a tenant, in a pipelined transaction
+   * of its own; without one, on a share when the text allows, else on a
+   * connection of its own. `viaShare` and `viaLease` run it either way.
+   */
+  const statement = <A>(
+    scope: Tenant.Scope,
+    sql: string,
+    viaShare: (connection: PgConnection.PgConnection) => Effect.Effect<A, SqlError>,
+    viaLease: (lease: Lease) => Effect.Effect<A, SqlError>
+  ): Effect.Effect<A, SqlError> => {
+    if (scope._tag === "Tenant") return withLease(scope, (lease) => lease.tenantStatement(viaLease(lease)))
+    if (options.pipelineDepth > 1 && SessionState.isShareable(sql)) return onShare(viaShare)
+    return withLease(scope, viaLease)
+  }
+
+  const rows = (scope: Tenant.Scope, sql: string, params: ReadonlyArray<unknown>, prepare: boolean) =>
+    statement(
+      scope,
+      sql,
+      (connection) => connection.query(sql, params, prepare),
+      (lease) => lease.submit(sql, params, prepare)
+    )
+
+  const values = (scope: Tenant.Scope, sql: string, params: ReadonlyArray<unknown>, prepare: boolean) =>
+    statement(
+      scope,
+      sql,
+      (connection) => connection.queryValues(sql, params, prepare),
+      (lease) => lease.submitValues(sql, params, prepare)
+    )
+
+  /**
+   * The connection `borrow` hands to a statement: it takes a connection only
+   * when the statement runs, once the text tells how it may run.
+   */
+  const statementConnection = (scope: Tenant.Scope): Connection => ({
+    execute: (sql, params, transformRows) =>
+      Effect.map(rows(scope, sql, params, true), (result) => transformed(result.rows, transformRows)),
+    executeUnprepared: (sql, params, transformRows) =>
+      Effect.map(rows(scope, sql, params, false), (result) => transformed(result.rows, transformRows)),
+    executeRaw: (sql, params) => rows(scope, sql, params, true),
+    executeValues: (sql, params) => values(scope, sql, params, true),
+    executeValuesUnprepared: (sql, params) => values(scope, sql, params, false),
+    executeStream: (sql, params, transformRows) =>
+      Stream.unwrap(Effect.map(lease(true), (connection) => connection.executeStream(sql, params, transformRows)))
+  })
+
+  const borrow = <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
+    Effect.flatMap(callerScope, (scope) => f(statementConnection(scope)))
+
+  /**
+   * A connection for the life of the current scope. `openTransaction`: under a
+   * tenant, it runs in a transaction of its own until the scope closes
    * (streams); otherwise the caller sends `BEGIN` (transactions, `reserve`).
    */
-  const lease = (openTransaction: boolean): Effect.Effect<Connection, SqlError, Scope.Scope> =>
-    Effect.flatMap(callerScope, (scope) =>
+  function lease(openTransaction: boolean): Effect.Effect<Connection, SqlError, Scope.Scope> {
+    return Effect.flatMap(callerScope, (scope) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(acquire), (entry) => {
           const leased = new Lease(entry, scope, options.tenantSetting, true)
@@ -245,16 +384,7 @@ export const make = (
           )
         })
       ))
-
-  const borrow = <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
-    Effect.flatMap(callerScope, (scope) =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(acquire), (entry) => {
-          const leased = new Lease(entry, scope, options.tenantSetting, false)
-          const work = restore(scope._tag === "Tenant" ? inTransaction(leased, f(leased)) : f(leased))
-          return Effect.onExitPrimitive(work, () => giveBack(leased), true)
-        })
-      ))
+  }
 
   const transformRows = options.transformResultNames
     ? Statement.defaultTransforms(options.transformResultNames, options.transformJson).array

@@ -33,6 +33,8 @@ export interface Script {
   readonly failures: Array<SqlError>
   /** Every further attempt fails with this, once set. */
   failAll: SqlError | undefined
+  /** Connections the engine cancelled, by id. */
+  readonly cancelled: Array<number>
   /** Reports the connection dead, as the driver does for a killed backend. */
   readonly kill: (connection: FakeConnection) => void
 }
@@ -64,6 +66,7 @@ export const makeScript = (): Script => {
     connectDelay: 0,
     failures: [],
     failAll: undefined,
+    cancelled: [],
     kill: (connection) => connection.retire?.(),
     connector: {
       connect: Effect.gen(function*() {
@@ -85,7 +88,8 @@ export const makeScript = (): Script => {
       }),
       onRetire: (connection, retire) => {
         connection.retire = retire
-      }
+      },
+      cancel: (connection) => Effect.sync(() => void script.cancelled.push(connection.id))
     }
   }
   return script
@@ -96,6 +100,7 @@ export const testOptions = (overrides: Partial<Engine.EngineOptions> = {}): Engi
   min: 0,
   max: 2,
   maxConnecting: 2,
+  pipelineDepth: 1,
   maxWaiting: Infinity,
   acquireTimeout: 10_000,
   idleTimeout: 60_000,

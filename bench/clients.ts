@@ -1,0 +1,152 @@
+/**
+ * The contenders of the benchmark suite, each behind the same small interface
+ * and each used the way its own documentation shows: this pool and
+ * `@effect/sql-pg`'s `PgClient` through `SqlClient` statements, node-postgres
+ * through `pool.query`, postgres.js through its tagged template.
+ */
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as ManagedRuntime from "effect/ManagedRuntime"
+import * as Redacted from "effect/Redacted"
+import * as SqlClient from "effect/sql/SqlClient"
+import pg from "pg"
+import postgres from "postgres"
+import * as Pool from "../src/Pool.ts"
+import * as Tenant from "../src/Tenant.ts"
+
+/** What every workload asks of a contender. */
+export interface Client {
+  /** An autocommit statement. */
+  readonly query: (sql: Sql) => Promise<unknown>
+  /** Statements run in order in one transaction, under `tenant` (set with set_config(..., true)). */
+  readonly inTenantTransaction: (tenant: string, statements: ReadonlyArray<Sql>) => Promise<unknown>
+  readonly close: () => Promise<void>
+}
+
+/** A statement as text with `$n` placeholders, and its parameters. */
+export interface Sql {
+  readonly text: string
+  readonly params: ReadonlyArray<unknown>
+}
+
+export interface Target {
+  readonly url: Redacted.Redacted<string>
+  readonly connections: number
+  readonly applicationName: string
+  readonly tenantSetting: string
+}
+
+const setTenant = (setting: string, tenant: string): Sql => ({
+  text: "SELECT set_config($1, $2, true)",
+  params: [setting, tenant]
+})
+
+/** Clients on an Effect `SqlClient` (this pool, PgClient), driven through a runtime. */
+const sqlClient = async (
+  layer: Layer.Layer<SqlClient.SqlClient, unknown>,
+  tenant: (sql: SqlClient.SqlClient, tenant: string, statements: ReadonlyArray<Sql>) => Effect.Effect<unknown, unknown>
+): Promise<Client> => {
+  const runtime = ManagedRuntime.make(layer)
+  const sql = await runtime.runPromise(Effect.service(SqlClient.SqlClient))
+  const statement = (s: Sql) => sql.unsafe(s.text, s.params)
+  return {
+    query: (s) => runtime.runPromise(statement(s)),
+    inTenantTransaction: (id, statements) => runtime.runPromise(tenant(sql, id, statements)),
+    close: () => runtime.dispose()
+  }
+}
+
+/** This pool: the tenant comes from the fiber and the pool sets it. */
+export const meshhookPool = (target: Target) =>
+  sqlClient(
+    Pool.layer({
+      url: target.url,
+      max: target.connections,
+      min: target.connections,
+      applicationName: target.applicationName,
+      tenantSetting: target.tenantSetting,
+      ...(process.env.BENCH_DEPTH ? { pipelineDepth: Number(process.env.BENCH_DEPTH) } : {})
+    }),
+    (sql, tenant, statements) =>
+      Tenant.with(
+        statements.length === 1
+          ? sql.unsafe(statements[0].text, statements[0].params)
+          : sql.withTransaction(Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params))),
+        tenant
+      )
+  )
+
+/** `@effect/sql-pg`'s own client: the tenant is set by hand inside `withTransaction`. */
+export const effectPgClient = (target: Target, multiplex: boolean) =>
+  sqlClient(
+    PgClient.layer({
+      url: target.url,
+      maxConnections: target.connections,
+      minConnections: target.connections,
+      applicationName: target.applicationName,
+      multiplex
+    }),
+    (sql, tenant, statements) =>
+      sql.withTransaction(
+        Effect.forEach([setTenant(target.tenantSetting, tenant), ...statements], (s) => sql.unsafe(s.text, s.params))
+      )
+  )
+
+/**
+ * node-postgres, as MeshHook uses it (`defaults`: only the connection count
+ * set) or tuned (named prepared statements, kept-alive connections).
+ */
+export const nodePostgres = async (target: Target, tuned: boolean): Promise<Client> => {
+  const pool = new pg.Pool({
+    connectionString: Redacted.value(target.url),
+    max: target.connections,
+    application_name: target.applicationName,
+    ...(tuned ? { keepAlive: true, idleTimeoutMillis: 60_000 } : {})
+  })
+  const names = new Map<string, string>()
+  const config = (s: Sql): pg.QueryConfig => {
+    if (!tuned) return { text: s.text, values: [...s.params] }
+    let name = names.get(s.text)
+    if (name === undefined) names.set(s.text, name = `s${names.size}`)
+    return { name, text: s.text, values: [...s.params] }
+  }
+  return {
+    query: (s) => pool.query(config(s)),
+    inTenantTransaction: async (tenant, statements) => {
+      const client = await pool.connect()
+      try {
+        await client.query("BEGIN")
+        await client.query(config(setTenant(target.tenantSetting, tenant)))
+        for (const s of statements) await client.query(config(s))
+        await client.query("COMMIT")
+      } catch (error) {
+        await client.query("ROLLBACK").catch(() => undefined)
+        throw error
+      } finally {
+        client.release()
+      }
+    },
+    close: () => pool.end()
+  }
+}
+
+/** postgres.js, with its defaults (prepared statements, pipelining) and the connection count set. */
+export const postgresJs = async (target: Target): Promise<Client> => {
+  const sql = postgres(Redacted.value(target.url), {
+    max: target.connections,
+    connection: { application_name: target.applicationName },
+    onnotice: () => undefined
+  })
+  const run = (tx: postgres.Sql | postgres.TransactionSql, s: Sql) =>
+    tx.unsafe(s.text, s.params as Array<postgres.ParameterOrJSON<never>>, { prepare: true })
+  return {
+    query: (s) => run(sql, s),
+    inTenantTransaction: (tenant, statements) =>
+      sql.begin(async (tx) => {
+        await run(tx, setTenant(target.tenantSetting, tenant))
+        for (const s of statements) await run(tx, s)
+      }),
+    close: () => sql.end({ timeout: 5 })
+  }
+}

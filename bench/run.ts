@@ -1,0 +1,194 @@
+/**
+ * The benchmark suite: `npm run bench` (full) or `npm run bench -- --quick`.
+ *
+ * Starts a throwaway PostgreSQL server with durable settings, loads pgbench's
+ * tables and MeshHook's schema, and runs each workload with every contender
+ * in alternation. Writes bench/results/<mode>.json, docs/benchmarks.md and
+ * the charts in docs/bench/.
+ */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Redacted from "effect/Redacted"
+import * as Scope from "effect/Scope"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import { parseArgs } from "node:util"
+import pg from "pg"
+import * as PgServer from "../src/testing/PgServer.ts"
+import * as Clients from "./clients.ts"
+import { closedLoop, compare, type Contender, machine, type Summary } from "./harness.ts"
+import { pgbench, pgbenchPath, runPgbench } from "./pgbench.ts"
+import * as Report from "./report.ts"
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    only: { type: "string" },
+    help: { type: "boolean", default: false }
+  }
+})
+if (flags.help) {
+  console.error("Usage: npm run bench [-- --quick] [-- --only workload,...]")
+  process.exit(0)
+}
+const mode = flags.quick ? "quick" : "full"
+const settings = flags.quick
+  ? { rounds: 3, roundMillis: 2_000, warmupMillis: 1_000, scale: 2 }
+  : { rounds: 5, roundMillis: 5_000, warmupMillis: 2_000, scale: 10 }
+const connections = 8
+const callers = 64
+const tenantSetting = "app.tenant_id"
+const only = flags.only?.split(",")
+
+const log = (line: string) => console.error(line)
+const scope = Effect.runSync(Scope.make())
+const server = await Effect.runPromise(Scope.provide(PgServer.make({ durable: true }), scope))
+const superUrl = Redacted.value(server.url({ database: "bench" }))
+const tenantRolePassword = "bench-tenant"
+const tenantUrl = Redacted.value(server.url({ database: "bench", user: "bench_tenant", password: tenantRolePassword }))
+
+const admin = new pg.Client({ connectionString: Redacted.value(server.url()) })
+await admin.connect()
+await admin.query("CREATE DATABASE bench")
+await admin.end()
+const bench = new pg.Client({ connectionString: superUrl })
+await bench.connect()
+
+log(`Loading pgbench tables (scale ${settings.scale})...`)
+const pgbenchAvailable = pgbenchPath() !== undefined
+if (pgbenchAvailable) {
+  const parsed = new URL(superUrl)
+  await runPgbench(["-i", "-q", "-s", String(settings.scale)], {
+    PATH: process.env.PATH,
+    PGHOST: parsed.hostname,
+    PGPORT: parsed.port,
+    PGUSER: "postgres",
+    PGPASSWORD: decodeURIComponent(parsed.password),
+    PGDATABASE: "bench"
+  })
+} else {
+  log("pgbench is not installed: loading its tables with SQL, and leaving it out of the comparison")
+  await bench.query(`CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))`)
+  await bench.query(`INSERT INTO pgbench_accounts SELECT g, (g - 1) / 100000 + 1, 0, '' FROM generate_series(1, ${settings.scale * 100000}) g`)
+}
+// A tenant per branch: the tenant role sees its branch's accounts only.
+await bench.query(`CREATE ROLE bench_tenant LOGIN NOBYPASSRLS PASSWORD '${tenantRolePassword}'`)
+await bench.query("GRANT SELECT ON pgbench_accounts TO bench_tenant")
+await bench.query("ALTER TABLE pgbench_accounts ENABLE ROW LEVEL SECURITY")
+await bench.query("ALTER TABLE pgbench_accounts FORCE ROW LEVEL SECURITY")
+await bench.query(`CREATE POLICY tenant ON pgbench_accounts
+  USING (bid = nullif(current_setting('${tenantSetting}', true), '')::int)`)
+await bench.query("VACUUM ANALYZE pgbench_accounts")
+
+const backendsOf = async (applicationName: string): Promise<number> =>
+  (await bench.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [applicationName]))
+    .rows[0].n
+
+const accounts = settings.scale * 100_000
+const randomAid = () => 1 + Math.floor(Math.random() * accounts)
+const selectByKey = (aid: number): Clients.Sql => ({
+  text: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+  params: [aid]
+})
+
+type Workload = {
+  readonly name: string
+  readonly title: string
+  readonly url: string
+  readonly op: (client: Clients.Client) => () => Promise<unknown>
+  readonly pgbenchScript?: string
+}
+
+const workloads: ReadonlyArray<Workload> = [
+  {
+    name: "select1",
+    title: "SELECT 1",
+    url: superUrl,
+    op: (client) => () => client.query({ text: "SELECT 1", params: [] }),
+    pgbenchScript: "SELECT 1;\n"
+  },
+  {
+    name: "selectByKey",
+    title: "select-by-key (pgbench_accounts)",
+    url: superUrl,
+    op: (client) => () => client.query(selectByKey(randomAid())),
+    pgbenchScript: `\\set aid random(1, ${accounts})\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n`
+  },
+  {
+    name: "selectByKeyTenant",
+    title: "select-by-key under a tenant (set per statement, RLS on)",
+    url: tenantUrl,
+    op: (client) => () => {
+      const aid = randomAid()
+      return client.inTenantTransaction(String(Math.floor((aid - 1) / 100_000) + 1), [selectByKey(aid)])
+    },
+    pgbenchScript: `\\set aid random(1, ${accounts})
+\\set bid (:aid - 1) / 100000 + 1
+BEGIN;
+SELECT set_config('${tenantSetting}', :bid::text, true);
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+END;
+`
+  }
+]
+
+const clientContenders = (workload: Workload): Array<Contender> => {
+  const target = (applicationName: string): Clients.Target => ({
+    url: Redacted.make(workload.url),
+    connections,
+    applicationName,
+    tenantSetting
+  })
+  const inProcess = (name: string, applicationName: string, make: () => Promise<Clients.Client>): Contender => ({
+    name,
+    applicationName,
+    setup: async () => {
+      const client = await make()
+      const op = workload.op(client)
+      return { round: (millis) => closedLoop(op, callers, millis), close: client.close }
+    }
+  })
+  const list: Array<Contender> = [
+    inProcess("@meshhook/pool", "bench-meshhook", () => Clients.meshhookPool(target("bench-meshhook"))),
+    inProcess("@effect/sql-pg PgClient", "bench-pgclient", () => Clients.effectPgClient(target("bench-pgclient"), false)),
+    inProcess("PgClient multiplex", "bench-pgclient-mx", () => Clients.effectPgClient(target("bench-pgclient-mx"), true)),
+    inProcess("pg.Pool (defaults)", "bench-pg", () => Clients.nodePostgres(target("bench-pg"), false)),
+    inProcess("pg.Pool (tuned)", "bench-pg-tuned", () => Clients.nodePostgres(target("bench-pg-tuned"), true)),
+    inProcess("postgres.js", "bench-postgresjs", () => Clients.postgresJs(target("bench-postgresjs")))
+  ]
+  if (pgbenchAvailable && workload.pgbenchScript !== undefined) {
+    list.push(pgbench(`pgbench -c ${connections}`, {
+      url: workload.url,
+      connections,
+      applicationName: "bench-pgbench"
+    }, workload.pgbenchScript))
+  }
+  return list
+}
+
+const results: Record<string, { readonly title: string; readonly summaries: ReadonlyArray<Summary> }> = {}
+try {
+  for (const workload of workloads) {
+    if (only !== undefined && !only.includes(workload.name)) continue
+    log(`\n${workload.title}: ${settings.rounds} rounds of ${settings.roundMillis / 1000} s, ${callers} callers, ${connections} connections`)
+    const summaries = await compare(clientContenders(workload), { ...settings, backendsOf, log })
+    results[workload.name] = { title: workload.title, summaries }
+    console.log(`\n${workload.title}\n${Report.table(summaries)}`)
+  }
+} finally {
+  await bench.end()
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+}
+
+const record: Report.Record = {
+  mode,
+  date: new Date().toISOString(),
+  machine: machine(),
+  settings: { ...settings, connections, callers },
+  workloads: results
+}
+const resultsDir = Path.join(import.meta.dirname, "results")
+Fs.mkdirSync(resultsDir, { recursive: true })
+Fs.writeFileSync(Path.join(resultsDir, `${mode}.json`), JSON.stringify(record, null, 2))
+Report.write(record, Path.join(import.meta.dirname, "..", "docs"))
+log(`\nWrote bench/results/${mode}.json and docs/benchmarks.md`)
