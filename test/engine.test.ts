@@ -375,6 +375,75 @@ describe("engine", () => {
       }))
   })
 
+  describe("shared connections (pipelining)", () => {
+    it.effect("puts up to pipelineDepth statements on one connection before using the next", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 3, pipelineDepth: 3 })
+        const shares: Array<Entry<FakeConnection>> = []
+        for (let i = 0; i < 5; i++) shares.push(yield* pool.acquireShared)
+        assert.deepStrictEqual(shares.map((e) => e.connection.id), [1, 1, 1, 2, 2])
+        assert.strictEqual(shares[0].borrowers, 3)
+        for (const share of shares) pool.release(share)
+        assert.strictEqual(pool.stats().idle, 2)
+      }))
+
+    it.effect("opens one connection per pipelineDepth waiting statements", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 10, maxConnecting: 10, pipelineDepth: 4 })
+        const held = yield* pool.acquire
+        script.connectDelay = 10
+        const waiting = yield* Effect.forEach(Array.from({ length: 9 }), () => Effect.forkChild(pool.acquireShared))
+        yield* settle
+        // Nine shares of depth four need three connections.
+        assert.strictEqual(pool.stats().creating, 3)
+        yield* TestClock.adjust(10)
+        const served = yield* Fiber.joinAll(waiting)
+        assert.strictEqual(new Set(served.map((e) => e.connection.id)).size, 3)
+        for (const share of served) pool.release(share)
+        pool.release(held)
+      }))
+
+    it.effect("a caller waiting for a connection alone is not overtaken by later shares", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, pipelineDepth: 4 })
+        const first = yield* pool.acquireShared
+        const alone = yield* Effect.forkChild(pool.acquire)
+        yield* settle
+        const later = yield* Effect.forkChild(pool.acquireShared)
+        yield* settle
+        // The shared connection has room, but the caller ahead waits for it whole.
+        assert.strictEqual(first.borrowers, 1)
+        assert.strictEqual(pool.stats().pending, 2)
+        pool.release(first)
+        const mine = yield* Fiber.join(alone)
+        assert.strictEqual(mine.state, "used")
+        assert.isUndefined(later.pollUnsafe())
+        pool.release(mine)
+        pool.release(yield* Fiber.join(later))
+      }))
+
+    it.effect("an abandoned statement is cancelled once no one else's shares the connection, which then closes", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 2, pipelineDepth: 4 })
+        const other = yield* pool.acquireShared
+        const mine = yield* pool.acquireShared
+        pool.abandon(mine)
+        // Someone else's statement still shares the connection: no cancel, no newcomers.
+        assert.deepStrictEqual(script.cancelled, [])
+        const newcomer = yield* pool.acquireShared
+        assert.notStrictEqual(newcomer.connection.id, other.connection.id)
+        pool.release(other)
+        yield* settle
+        assert.deepStrictEqual(script.cancelled, [other.connection.id])
+        assert.isTrue(other.connection.closed)
+        pool.release(newcomer)
+      }))
+  })
+
   describe("shutdown", () => {
     it.effect("drains: idle connections close at once, newcomers fail, a lent one closes when it comes back", () =>
       Effect.gen(function*() {

@@ -25,6 +25,28 @@ describe("Pool through SqlClient", () => {
       assert.strictEqual(echo.text, injected)
     }).pipe(Effect.provide(poolLayer())))
 
+  it.live("pipelines concurrent statements on shared connections, each caller getting its own answer", () => {
+    const app = uniqueName("pipelined")
+    return Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const side = yield* admin
+      const results = yield* Effect.all(
+        Array.from({ length: 300 }, (_, i) =>
+          Effect.exit(
+            i % 7 === 3
+              ? sql<{ n: number }>`SELECT ${i}::int / 0 AS n`
+              : sql<{ n: number }>`SELECT ${i}::int AS n, pg_backend_pid() AS pid`
+          )),
+        { concurrency: "unbounded" }
+      )
+      results.forEach((exit, i) => {
+        if (i % 7 === 3) assert.isTrue(Exit.isFailure(exit), `statement ${i} should fail`)
+        else assert.strictEqual(Exit.isSuccess(exit) ? exit.value[0].n : undefined, i)
+      })
+      assert.isAtMost(yield* backends(side, app), 2)
+    }).pipe(Effect.provide(poolLayer({ applicationName: app, max: 2, pipelineDepth: 16 })))
+  })
+
   it.live("commits and rolls back transactions, nested ones as savepoints", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
