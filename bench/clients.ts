@@ -12,29 +12,33 @@ import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
 import postgres from "postgres"
+import type { Sql } from "../examples/meshhook/job.ts"
 import * as Pool from "../src/Pool.ts"
 import * as Tenant from "../src/Tenant.ts"
 
+type Row = Readonly<Record<string, unknown>>
+
 /** What every workload asks of a contender. */
 export interface Client {
-  /** An autocommit statement. */
-  readonly query: (sql: Sql) => Promise<unknown>
-  /** Statements run in order in one transaction, under `tenant` (set with set_config(..., true)). */
+  /** An autocommit statement; its rows. */
+  readonly query: (sql: Sql) => Promise<ReadonlyArray<Row>>
+  /**
+   * Independent statements in one transaction under `tenant` (set with
+   * `set_config(..., true)`), sent together where the client can pipeline.
+   */
   readonly inTenantTransaction: (tenant: string, statements: ReadonlyArray<Sql>) => Promise<unknown>
   readonly close: () => Promise<void>
 }
 
-/** A statement as text with `$n` placeholders, and its parameters. */
-export interface Sql {
-  readonly text: string
-  readonly params: ReadonlyArray<unknown>
-}
+export type { Sql }
 
 export interface Target {
   readonly url: Redacted.Redacted<string>
   readonly connections: number
   readonly applicationName: string
   readonly tenantSetting: string
+  /** Open every connection up front (false: start cold, for the spike). */
+  readonly warm: boolean
 }
 
 const setTenant = (setting: string, tenant: string): Sql => ({
@@ -49,9 +53,8 @@ const sqlClient = async (
 ): Promise<Client> => {
   const runtime = ManagedRuntime.make(layer)
   const sql = await runtime.runPromise(Effect.service(SqlClient.SqlClient))
-  const statement = (s: Sql) => sql.unsafe(s.text, s.params)
   return {
-    query: (s) => runtime.runPromise(statement(s)),
+    query: (s) => runtime.runPromise(sql.unsafe<Row>(s.text, s.params)),
     inTenantTransaction: (id, statements) => runtime.runPromise(tenant(sql, id, statements)),
     close: () => runtime.dispose()
   }
@@ -63,7 +66,7 @@ export const meshhookPool = (target: Target) =>
     Pool.layer({
       url: target.url,
       max: target.connections,
-      min: target.connections,
+      min: target.warm ? target.connections : 0,
       applicationName: target.applicationName,
       tenantSetting: target.tenantSetting,
       ...(process.env.BENCH_DEPTH ? { pipelineDepth: Number(process.env.BENCH_DEPTH) } : {})
@@ -72,7 +75,7 @@ export const meshhookPool = (target: Target) =>
       Tenant.with(
         statements.length === 1
           ? sql.unsafe(statements[0].text, statements[0].params)
-          : sql.withTransaction(Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params))),
+          : sql.withTransaction(Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency: process.env.BENCH_SEQ ? 1 : "unbounded" })),
         tenant
       )
   )
@@ -83,14 +86,15 @@ export const effectPgClient = (target: Target, multiplex: boolean) =>
     PgClient.layer({
       url: target.url,
       maxConnections: target.connections,
-      minConnections: target.connections,
+      minConnections: target.warm ? target.connections : 0,
       applicationName: target.applicationName,
       multiplex
     }),
     (sql, tenant, statements) =>
-      sql.withTransaction(
-        Effect.forEach([setTenant(target.tenantSetting, tenant), ...statements], (s) => sql.unsafe(s.text, s.params))
-      )
+      sql.withTransaction(Effect.andThen(
+        sql.unsafe(setTenant(target.tenantSetting, tenant).text, setTenant(target.tenantSetting, tenant).params),
+        Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency: "unbounded" })
+      ))
   )
 
 /**
@@ -111,8 +115,12 @@ export const nodePostgres = async (target: Target, tuned: boolean): Promise<Clie
     if (name === undefined) names.set(s.text, name = `s${names.size}`)
     return { name, text: s.text, values: [...s.params] }
   }
+  if (target.warm) {
+    const clients = await Promise.all(Array.from({ length: target.connections }, () => pool.connect()))
+    for (const client of clients) client.release()
+  }
   return {
-    query: (s) => pool.query(config(s)),
+    query: async (s) => (await pool.query(config(s))).rows,
     inTenantTransaction: async (tenant, statements) => {
       const client = await pool.connect()
       try {
@@ -140,13 +148,12 @@ export const postgresJs = async (target: Target): Promise<Client> => {
   })
   const run = (tx: postgres.Sql | postgres.TransactionSql, s: Sql) =>
     tx.unsafe(s.text, s.params as Array<postgres.ParameterOrJSON<never>>, { prepare: true })
+  if (target.warm) await Promise.all(Array.from({ length: target.connections }, () => sql`SELECT 1`))
   return {
     query: (s) => run(sql, s),
+    // Returning the queries from `begin` pipelines them.
     inTenantTransaction: (tenant, statements) =>
-      sql.begin(async (tx) => {
-        await run(tx, setTenant(target.tenantSetting, tenant))
-        for (const s of statements) await run(tx, s)
-      }),
+      sql.begin((tx) => [run(tx, setTenant(target.tenantSetting, tenant)), ...statements.map((s) => run(tx, s))]),
     close: () => sql.end({ timeout: 5 })
   }
 }

@@ -91,6 +91,31 @@ export const closedLoop = async (
   }
 }
 
+/** Sends `count` operations at once and waits for all: a spike. */
+export const burst = async (op: () => Promise<unknown>, count: number): Promise<Omit<RoundResult, "backends">> => {
+  const latencies: Array<number> = []
+  let errors = 0
+  const cpu = process.cpuUsage()
+  const started = performance.now()
+  await Promise.all(Array.from({ length: count }, async () => {
+    const t0 = performance.now()
+    try {
+      await op()
+      latencies.push(performance.now() - t0)
+    } catch {
+      errors++
+    }
+  }))
+  const elapsedMillis = performance.now() - started
+  const used = process.cpuUsage(cpu)
+  return {
+    opsPerSecond: latencies.length / (elapsedMillis / 1_000),
+    ...latencyStats(latencies),
+    errors,
+    cpuPercent: ((used.user + used.system) / 1_000 / elapsedMillis) * 100
+  }
+}
+
 export interface CompareOptions {
   readonly rounds: number
   readonly roundMillis: number

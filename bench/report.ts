@@ -15,8 +15,9 @@ export interface Record {
   readonly workloads: { readonly [name: string]: { readonly title: string; readonly summaries: ReadonlyArray<Summary> } }
 }
 
-const fixed = (n: number, digits = 0): string => Number.isNaN(n) ? "–" : n.toFixed(digits)
-const thousands = (n: number): string => Number.isNaN(n) ? "–" : Math.round(n).toLocaleString("en-US")
+const missing = (n: number | null): n is null => n === null || Number.isNaN(n)
+const fixed = (n: number, digits = 0): string => missing(n) ? "–" : n.toFixed(digits)
+const thousands = (n: number): string => missing(n) ? "–" : Math.round(n).toLocaleString("en-US")
 
 /** A Markdown table: medians over rounds, the throughput spread, and ratios to the first contender. */
 export const table = (summaries: ReadonlyArray<Summary>): string => {
@@ -31,7 +32,7 @@ export const table = (summaries: ReadonlyArray<Summary>): string => {
       `| ${s.name} | ${thousands(m.opsPerSecond)} | ${thousands(s.min)}–${thousands(s.max)} | ` +
         `${fixed(m.opsPerSecond / base, 2)}× | ${fixed(m.p50Millis, 2)} | ${fixed(m.p99Millis, 2)} | ` +
         `${fixed(m.maxMillis, 1)} | ${fixed(m.p99Millis / m.p50Millis, 1)} | ${m.backends} | ` +
-        `${Number.isNaN(m.cpuPercent) ? "–" : `${fixed(m.cpuPercent)}%`} | ${m.errors} |`
+        `${missing(m.cpuPercent) ? "–" : `${fixed(m.cpuPercent)}%`} | ${m.errors} |`
     )
   }
   return lines.join("\n")

@@ -10,13 +10,16 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
+import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { parseArgs } from "node:util"
 import pg from "pg"
 import * as PgServer from "../src/testing/PgServer.ts"
 import * as Clients from "./clients.ts"
-import { closedLoop, compare, type Contender, machine, type Summary } from "./harness.ts"
+import * as Database from "../examples/meshhook/database.ts"
+import * as Job from "../examples/meshhook/job.ts"
+import { burst, closedLoop, compare, type Contender, machine, type Summary } from "./harness.ts"
 import { pgbench, pgbenchPath, runPgbench } from "./pgbench.ts"
 import * as Report from "./report.ts"
 
@@ -84,19 +87,30 @@ const backendsOf = async (applicationName: string): Promise<number> =>
   (await bench.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [applicationName]))
     .rows[0].n
 
+log("Creating MeshHook's schema for the job workload...")
+const meshhook = await Effect.runPromise(
+  Scope.provide(Database.create(server.url(), { tenants: 100, runsPerTenant: 10 }), scope)
+)
+
 const accounts = settings.scale * 100_000
 const randomAid = () => 1 + Math.floor(Math.random() * accounts)
 const selectByKey = (aid: number): Clients.Sql => ({
   text: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
   params: [aid]
 })
+const httpMillis = 20
+const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
 
-type Workload = {
+interface Workload {
   readonly name: string
   readonly title: string
   readonly url: string
+  readonly tenantSetting: string
+  readonly callers: number
   readonly op: (client: Clients.Client) => () => Promise<unknown>
   readonly pgbenchScript?: string
+  /** A spike: each round starts a cold client, sends `callers` operations at once, and closes it. */
+  readonly spike?: boolean
 }
 
 const workloads: ReadonlyArray<Workload> = [
@@ -104,6 +118,8 @@ const workloads: ReadonlyArray<Workload> = [
     name: "select1",
     title: "SELECT 1",
     url: superUrl,
+    tenantSetting,
+    callers,
     op: (client) => () => client.query({ text: "SELECT 1", params: [] }),
     pgbenchScript: "SELECT 1;\n"
   },
@@ -111,6 +127,8 @@ const workloads: ReadonlyArray<Workload> = [
     name: "selectByKey",
     title: "select-by-key (pgbench_accounts)",
     url: superUrl,
+    tenantSetting,
+    callers,
     op: (client) => () => client.query(selectByKey(randomAid())),
     pgbenchScript: `\\set aid random(1, ${accounts})\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n`
   },
@@ -118,6 +136,8 @@ const workloads: ReadonlyArray<Workload> = [
     name: "selectByKeyTenant",
     title: "select-by-key under a tenant (set per statement, RLS on)",
     url: tenantUrl,
+    tenantSetting,
+    callers,
     op: (client) => () => {
       const aid = randomAid()
       return client.inTenantTransaction(String(Math.floor((aid - 1) / 100_000) + 1), [selectByKey(aid)])
@@ -129,6 +149,30 @@ SELECT set_config('${tenantSetting}', :bid::text, true);
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 END;
 `
+  },
+  {
+    name: "meshhookJob",
+    title: `MeshHook job (claim, 2 tenant transactions around a ${httpMillis} ms HTTP call; 200 workers)`,
+    url: Redacted.value(meshhook.workerUrl),
+    tenantSetting: Database.tenantSetting,
+    callers: 200,
+    op: (client) => async () => {
+      const job = Job.claimed(await client.query(Job.claim))
+      if (job === undefined) return sleep(httpMillis)
+      await client.inTenantTransaction(job.projectId, Job.startStep(job))
+      await sleep(httpMillis)
+      await client.inTenantTransaction(job.projectId, Job.finishStep(job, randomBytes(1024).toString("hex")))
+    },
+    pgbenchScript: Fs.readFileSync(new URL("./meshhook-job.pgbench", import.meta.url), "utf8")
+  },
+  {
+    name: "spike",
+    title: "spike: 500 callers at once on a cold pool, 2 ms of server work each",
+    url: superUrl,
+    tenantSetting,
+    callers: 500,
+    op: (client) => () => client.query({ text: "SELECT pg_sleep(0.002)", params: [] }),
+    spike: true
   }
 ]
 
@@ -137,24 +181,39 @@ const clientContenders = (workload: Workload): Array<Contender> => {
     url: Redacted.make(workload.url),
     connections,
     applicationName,
-    tenantSetting
+    tenantSetting: workload.tenantSetting,
+    warm: !workload.spike
   })
-  const inProcess = (name: string, applicationName: string, make: () => Promise<Clients.Client>): Contender => ({
+  const inProcess = (name: string, applicationName: string, make: (t: Clients.Target) => Promise<Clients.Client>): Contender => ({
     name,
     applicationName,
     setup: async () => {
-      const client = await make()
+      if (workload.spike) {
+        // Each round is a cold start: a new client, every caller at once.
+        return {
+          round: async () => {
+            const client = await make(target(applicationName))
+            try {
+              return await burst(workload.op(client), workload.callers)
+            } finally {
+              await client.close()
+            }
+          },
+          close: async () => {}
+        }
+      }
+      const client = await make(target(applicationName))
       const op = workload.op(client)
-      return { round: (millis) => closedLoop(op, callers, millis), close: client.close }
+      return { round: (millis) => closedLoop(op, workload.callers, millis), close: client.close }
     }
   })
   const list: Array<Contender> = [
-    inProcess("@meshhook/pool", "bench-meshhook", () => Clients.meshhookPool(target("bench-meshhook"))),
-    inProcess("@effect/sql-pg PgClient", "bench-pgclient", () => Clients.effectPgClient(target("bench-pgclient"), false)),
-    inProcess("PgClient multiplex", "bench-pgclient-mx", () => Clients.effectPgClient(target("bench-pgclient-mx"), true)),
-    inProcess("pg.Pool (defaults)", "bench-pg", () => Clients.nodePostgres(target("bench-pg"), false)),
-    inProcess("pg.Pool (tuned)", "bench-pg-tuned", () => Clients.nodePostgres(target("bench-pg-tuned"), true)),
-    inProcess("postgres.js", "bench-postgresjs", () => Clients.postgresJs(target("bench-postgresjs")))
+    inProcess("@meshhook/pool", "bench-meshhook", Clients.meshhookPool),
+    inProcess("@effect/sql-pg PgClient", "bench-pgclient", (t) => Clients.effectPgClient(t, false)),
+    inProcess("PgClient multiplex", "bench-pgclient-mx", (t) => Clients.effectPgClient(t, true)),
+    inProcess("pg.Pool (defaults)", "bench-pg", (t) => Clients.nodePostgres(t, false)),
+    inProcess("pg.Pool (tuned)", "bench-pg-tuned", (t) => Clients.nodePostgres(t, true)),
+    inProcess("postgres.js", "bench-postgresjs", Clients.postgresJs)
   ]
   if (pgbenchAvailable && workload.pgbenchScript !== undefined) {
     list.push(pgbench(`pgbench -c ${connections}`, {
@@ -170,7 +229,7 @@ const results: Record<string, { readonly title: string; readonly summaries: Read
 try {
   for (const workload of workloads) {
     if (only !== undefined && !only.includes(workload.name)) continue
-    log(`\n${workload.title}: ${settings.rounds} rounds of ${settings.roundMillis / 1000} s, ${callers} callers, ${connections} connections`)
+    log(`\n${workload.title}: ${settings.rounds} rounds of ${workload.spike ? "one burst" : `${settings.roundMillis / 1000} s`}, ${workload.callers} callers, ${connections} connections`)
     const summaries = await compare(clientContenders(workload), { ...settings, backendsOf, log })
     results[workload.name] = { title: workload.title, summaries }
     console.log(`\n${workload.title}\n${Report.table(summaries)}`)

@@ -122,6 +122,8 @@ export interface Engine<C> {
   readonly acquire: Effect.Effect<Entry<C>, PoolError>
   /** Takes a share of a connection for one autocommit statement; as `acquire` otherwise. */
   readonly acquireShared: Effect.Effect<Entry<C>, PoolError>
+  /** A share when one is free right now and nobody waits; the fast path of `acquireShared`. */
+  readonly shareNow: () => Entry<C> | undefined
   /** Gives a connection (or a share of one) back; it goes to the next waiter, or idles. */
   readonly release: (entry: Entry<C>) => void
   /** Gives it back to be closed: its state is unknown. A shared one closes when its last borrower leaves. */
@@ -436,12 +438,13 @@ export const make = <C>(
       return waiters.size >= options.maxWaiting ? saturated() : waitAlone
     })
 
+    const shareNow = (): Entry<C> | undefined =>
+      closed || waiters.size > 0 ? undefined : takeShare() ?? takeIdle(true)
+
     const acquireShared: Effect.Effect<Entry<C>, PoolError> = Effect.suspend(() => {
       if (closed) return Effect.fail(new PoolClosedError())
-      if (waiters.size === 0) {
-        const entry = takeShare() ?? takeIdle(true)
-        if (entry !== undefined) return Effect.succeed(entry)
-      }
+      const entry = shareNow()
+      if (entry !== undefined) return Effect.succeed(entry)
       return waiters.size >= options.maxWaiting ? saturated() : waitForShare
     })
 
@@ -533,5 +536,5 @@ export const make = <C>(
     offer(admit(first))
     fill()
     fork(Effect.forever(Effect.andThen(Effect.sleep(options.housekeepingInterval), housekeep)), background)
-    return { acquire, acquireShared, release, invalidate, abandon, stats, shutdown } satisfies Engine<C>
+    return { acquire, acquireShared, shareNow, release, invalidate, abandon, stats, shutdown } satisfies Engine<C>
   })

@@ -21,6 +21,7 @@ import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import type { Reactivity } from "effect/reactivity/Reactivity"
 import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
@@ -45,6 +46,19 @@ const setTenantSql = "SELECT set_config($1, $2, true)"
 const beginText = /^\s*(?:begin|start\s+transaction)\b/i
 
 const isBegin = (result: PgConnection.Result) => result.command === "BEGIN" || result.command === "START"
+
+/**
+ * Runs statements for one connection together: each starts at once, in order,
+ * so the driver puts them in one write; each is answered on its own, none cut
+ * short by another's failure.
+ */
+const together = <A>(
+  statements: ReadonlyArray<Effect.Effect<A, SqlError>>
+): Effect.Effect<Array<Result.Result<A, SqlError>>> =>
+  Effect.flatMap(
+    Effect.forEach(statements, (statement) => Effect.forkChild(Effect.result(statement), { startImmediately: true })),
+    Fiber.joinAll
+  )
 
 /** The first failure among results, in submission order. */
 const firstFailure = (results: ReadonlyArray<Result.Result<unknown, SqlError>>): SqlError | undefined => {
@@ -126,13 +140,6 @@ class Lease implements Connection {
     )
   }
 
-  /**
-   * Statements sent together in one write, each answered on its own, none
-   * cut short by another's failure.
-   */
-  pipeline(statements: ReadonlyArray<Effect.Effect<PgConnection.Result, SqlError>>) {
-    return Effect.all(statements, { concurrency: "unbounded", mode: "result" })
-  }
 
   private get setTenant(): Effect.Effect<PgConnection.Result, SqlError> | undefined {
     return this.scope._tag === "Tenant" ? this.control(setTenantSql, [this.tenantSetting, this.scope.id]) : undefined
@@ -159,7 +166,7 @@ class Lease implements Connection {
     const setTenant = this.setTenant
     if (setTenant === undefined) return this.guard(this.submit(sql, params, prepare))
     if (beginText.test(sql)) {
-      return this.guard(Effect.flatMap(this.pipeline([this.submit(sql, params, prepare), setTenant]), (results) => {
+      return this.guard(Effect.flatMap(together([this.submit(sql, params, prepare), setTenant]), (results) => {
         const failure = firstFailure(results)
         return failure === undefined ? Effect.succeed(Result.getOrThrow(results[0])) : Effect.fail(failure)
       }))
@@ -213,16 +220,13 @@ class Lease implements Connection {
    */
   tenantStatement<A>(statement: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
     return Effect.flatMap(
-      Effect.all([this.control("BEGIN"), this.setTenant!, statement, this.control("COMMIT")], {
-        concurrency: "unbounded",
-        mode: "result"
-      }),
+      together<unknown>([this.control("BEGIN"), this.setTenant!, statement, this.control("COMMIT")]),
       ([begin, set, result, committed]) => {
         const failure = firstFailure([begin, set, result, committed])
         if (failure !== undefined) return Effect.fail(failure)
-        return Result.getOrThrow(committed).command === "ROLLBACK"
+        return (Result.getOrThrow(committed) as PgConnection.Result).command === "ROLLBACK"
           ? Effect.fail(commitRolledBack())
-          : Effect.succeed(Result.getOrThrow(result))
+          : Effect.succeed(Result.getOrThrow(result) as A)
       }
     )
   }
@@ -303,14 +307,17 @@ export const make = (
 
   /** Runs one autocommit statement on a share of a connection. */
   const onShare = <A>(run: (connection: PgConnection.PgConnection) => Effect.Effect<A, SqlError>) =>
-    Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(restore(acquireShared), (entry) =>
+    Effect.uninterruptibleMask((restore) => {
+      const runOn = (entry: PgEntry) =>
         Effect.onExitPrimitive(restore(run(entry.connection)), (exit) => {
           if (Exit.hasInterrupts(exit)) engine.abandon(entry)
           else engine.release(entry)
           return undefined
-        }, true))
-    )
+        }, true)
+      // Most statements find a share free: no waiting, no extra steps.
+      const entry = engine.shareNow()
+      return entry !== undefined ? runOn(entry) : Effect.flatMap(restore(acquireShared), runOn)
+    })
 
   /**
    * One statement from `borrow`: under a tenant, in a pipelined transaction
@@ -346,9 +353,16 @@ export const make = (
 
   /**
    * The connection `borrow` hands to a statement: it takes a connection only
-   * when the statement runs, once the text tells how it may run.
+   * when the statement runs, once the text tells how it may run. One per
+   * tenant scope, made once.
    */
-  const statementConnection = (scope: Tenant.Scope): Connection => ({
+  const statementConnections = new WeakMap<Tenant.Scope, Connection>()
+  const statementConnection = (scope: Tenant.Scope): Connection => {
+    let connection = statementConnections.get(scope)
+    if (connection === undefined) statementConnections.set(scope, connection = makeStatementConnection(scope))
+    return connection
+  }
+  const makeStatementConnection = (scope: Tenant.Scope): Connection => ({
     execute: (sql, params, transformRows) =>
       Effect.map(rows(scope, sql, params, true), (result) => transformed(result.rows, transformRows)),
     executeUnprepared: (sql, params, transformRows) =>
