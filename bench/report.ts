@@ -88,16 +88,18 @@ const section = (record: Record): Array<string> => {
   return lines
 }
 
-/** Writes the charts of `record` and regenerates docs/benchmarks.md from every results file present. */
-export const write = (record: Record, docsDir: string): void => {
+/**
+ * Writes the charts of `record` and regenerates docs/benchmarks.md from every
+ * results file in `benchDir/results`, ending with `benchDir/analysis.md`.
+ */
+export const write = (record: Record, docsDir: string, benchDir: string): void => {
   const chartsDir = Path.join(docsDir, "bench")
   Fs.mkdirSync(chartsDir, { recursive: true })
   for (const [name, workload] of Object.entries(record.workloads)) {
     Fs.writeFileSync(Path.join(chartsDir, `${record.mode}-${name}.svg`), chart(workload.title, workload.summaries))
   }
-  const benchDir = Path.join(docsDir, "..", "bench")
   const records: Array<Record> = []
-  for (const mode of ["full", "quick"]) {
+  for (const mode of new Set(["full", "quick", record.mode])) {
     const file = Path.join(benchDir, "results", `${mode}.json`)
     if (Fs.existsSync(file)) records.push(JSON.parse(Fs.readFileSync(file, "utf8")))
   }

@@ -23,21 +23,38 @@ import { burst, closedLoop, compare, type Contender, machine, type Summary } fro
 import { pgbench, pgbenchPath, runPgbench } from "./pgbench.ts"
 import * as Report from "./report.ts"
 
-const { values: flags } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    only: { type: "string" },
-    help: { type: "boolean", default: false }
-  }
-})
+const usage = `Usage: npm run bench [-- options]
+
+  --quick          3 rounds of 2 s (a few minutes) instead of 5 rounds of 5 s
+  --smoke          1 short round: checks that everything runs (CI)
+  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, spike
+  --out DIR        write results/ and the report there instead of bench/ and docs/`
+
+let flags
+try {
+  flags = parseArgs({
+    options: {
+      quick: { type: "boolean", default: false },
+      smoke: { type: "boolean", default: false },
+      only: { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean", default: false }
+    }
+  }).values
+} catch (error) {
+  console.error(`${(error as Error).message}\n\n${usage}`)
+  process.exit(2)
+}
 if (flags.help) {
-  console.error("Usage: npm run bench [-- --quick] [-- --only workload,...]")
+  console.error(usage)
   process.exit(0)
 }
-const mode = flags.quick ? "quick" : "full"
-const settings = flags.quick
-  ? { rounds: 3, roundMillis: 2_000, warmupMillis: 1_000, scale: 2 }
-  : { rounds: 5, roundMillis: 5_000, warmupMillis: 2_000, scale: 10 }
+const mode = flags.smoke ? "smoke" : flags.quick ? "quick" : "full"
+const settings = {
+  smoke: { rounds: 1, roundMillis: 300, warmupMillis: 200, scale: 1 },
+  quick: { rounds: 3, roundMillis: 2_000, warmupMillis: 1_000, scale: 2 },
+  full: { rounds: 5, roundMillis: 5_000, warmupMillis: 2_000, scale: 10 }
+}[mode]
 const connections = 8
 const callers = 64
 const tenantSetting = "app.tenant_id"
@@ -246,8 +263,9 @@ const record: Report.Record = {
   settings: { ...settings, connections, callers },
   workloads: results
 }
-const resultsDir = Path.join(import.meta.dirname, "results")
-Fs.mkdirSync(resultsDir, { recursive: true })
-Fs.writeFileSync(Path.join(resultsDir, `${mode}.json`), JSON.stringify(record, null, 2))
-Report.write(record, Path.join(import.meta.dirname, "..", "docs"))
-log(`\nWrote bench/results/${mode}.json and docs/benchmarks.md`)
+const benchDir = flags.out ?? import.meta.dirname
+const docsDir = flags.out ?? Path.join(import.meta.dirname, "..", "docs")
+Fs.mkdirSync(Path.join(benchDir, "results"), { recursive: true })
+Fs.writeFileSync(Path.join(benchDir, "results", `${mode}.json`), JSON.stringify(record, null, 2))
+Report.write(record, docsDir, benchDir)
+log(`\nWrote ${Path.join(benchDir, "results", `${mode}.json`)} and ${Path.join(docsDir, "benchmarks.md")}`)

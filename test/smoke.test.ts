@@ -1,0 +1,68 @@
+/**
+ * Smoke tests of the main job and the benchmark suite: they run end to end on
+ * a tiny scale and print what they promise. No timing is asserted.
+ */
+import { spawn } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { describe, expect, it } from "vitest"
+import { databaseUrl } from "./support/pg.ts"
+
+const root = Path.resolve(import.meta.dirname, "..")
+
+const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}) =>
+  new Promise<{ readonly code: number | null; readonly output: string }>((resolve) => {
+    const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, ...env } })
+    let output = ""
+    child.stdout.on("data", (chunk) => output += chunk)
+    child.stderr.on("data", (chunk) => output += chunk)
+    child.once("exit", (code) => resolve({ code, output }))
+  })
+
+describe("the main job", () => {
+  it("runs MeshHook workers and ends with a summary whose isolation check is 0", async () => {
+    const { code, output } = await run(
+      ["examples/main.ts", "--duration", "2", "--workers", "20", "--tenants", "5"],
+      { DATABASE_URL: databaseUrl() }
+    )
+    expect(code, output).toBe(0)
+    expect(output).toMatch(/jobs\/s/)
+    expect(output).toMatch(/\d+ jobs in [\d.]+ s: \d+ jobs\/s/)
+    expect(output).toMatch(/job latency ms: p50 [\d.]+ {2}p95 [\d.]+ {2}p99 [\d.]+/)
+    expect(output).toMatch(/PostgreSQL connections used by the workers: at most \d+ \(pool max 8\)/)
+    expect(output).toMatch(/errors: none/)
+    expect(output).toMatch(/isolation check: 0 cross-tenant rows \(ok\)/)
+  }, 60_000)
+
+  it("refuses bad flags with a message and the usage, not a stack trace", async () => {
+    const { code, output } = await run(["examples/main.ts", "--workers", "many"])
+    expect(code).toBe(2)
+    expect(output).toMatch(/--workers must be a whole number/)
+    expect(output).toMatch(/Usage: npm start/)
+    expect(output).not.toMatch(/\n\s+at /)
+  })
+})
+
+describe("the benchmark suite", () => {
+  it("runs every workload with every contender and writes its results and report", async () => {
+    const out = Fs.mkdtempSync(Path.join(Os.tmpdir(), "meshhook-bench-"))
+    try {
+      const { code, output } = await run(["bench/run.ts", "--smoke", "--out", out])
+      expect(code, output).toBe(0)
+      const record = JSON.parse(Fs.readFileSync(Path.join(out, "results", "smoke.json"), "utf8"))
+      expect(Object.keys(record.workloads)).toEqual(["select1", "selectByKey", "selectByKeyTenant", "meshhookJob", "spike"])
+      for (const workload of Object.values(record.workloads) as Array<{ summaries: Array<any> }>) {
+        const ours = workload.summaries.find((s) => s.name === "@meshhook/pool")
+        expect(ours.median.opsPerSecond).toBeGreaterThan(0)
+        expect(ours.median.errors).toBe(0)
+        expect(workload.summaries.map((s) => s.name)).toContain("pg.Pool (defaults)")
+      }
+      const report = Fs.readFileSync(Path.join(out, "benchmarks.md"), "utf8")
+      expect(report).toMatch(/\| @meshhook\/pool \| [\d,]+ \|/)
+      expect(Fs.existsSync(Path.join(out, "bench", "smoke-selectByKey.svg"))).toBe(true)
+    } finally {
+      Fs.rmSync(out, { recursive: true, force: true })
+    }
+  }, 180_000)
+})
