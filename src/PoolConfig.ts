@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import type { FairnessOptions } from "./internal/scheduler.ts"
 import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -117,6 +118,23 @@ export interface Options {
    * Default `suspect`.
    */
   readonly sessionCheck?: SessionCheck | undefined
+
+  /**
+   * Who is served first when callers wait: `tenant` takes turns across
+   * tenants by weight (and across priority classes), first come first served
+   * within a tenant; `fifo` serves everyone in arrival order. Default `tenant`.
+   */
+  readonly fairness?: "tenant" | "fifo" | undefined
+  /** Weights of particular tenants (whole numbers, 1 to 1000); others weigh `defaultTenantWeight`. */
+  readonly tenantWeights?: Readonly<Record<string, number>> | string | undefined
+  /** The weight of a tenant not in `tenantWeights`, and of work without a tenant. Default 1. */
+  readonly defaultTenantWeight?: number | undefined
+  /** Weights of the priority classes. Default `{ high: 4, normal: 2, low: 1 }`. */
+  readonly priorityWeights?: Partial<Readonly<Record<"high" | "normal" | "low", number>>> | string | undefined
+  /** Connections one tenant may hold at once; its further requests wait. Default `Infinity`. */
+  readonly tenantMaxInUse?: number | undefined
+  /** Requests one tenant may have waiting; past it, `TenantQuotaExceededError`. Default `Infinity`. */
+  readonly tenantMaxQueued?: number | undefined
 }
 
 /**
@@ -164,6 +182,8 @@ export interface Resolved {
   /** Why `id` is not a valid tenant id, or `undefined` if it is. */
   readonly checkTenant: (id: string) => string | undefined
   readonly sessionCheck: SessionCheck
+  readonly fairness: FairnessOptions
+  readonly tenantMaxQueued: number
   /** What the driver is given for each physical connection; holds the password. */
   readonly connection: PgConnection.Config
 }
@@ -198,8 +218,43 @@ export const defaults = {
   requireTenant: false,
   tenantFormat: "any",
   tenantMaxLength: 128,
-  sessionCheck: "suspect"
+  sessionCheck: "suspect",
+  fairness: "tenant",
+  defaultTenantWeight: 1,
+  priorityWeights: { high: 4, normal: 2, low: 1 },
+  tenantMaxInUse: Infinity,
+  tenantMaxQueued: Infinity
 } as const
+
+const maxWeight = 1000
+const maxWeightedTenants = 10_000
+
+/** Reads `name=weight,name=weight` (the environment's form of a weight table). */
+const weightTable = (
+  field: string,
+  input: Readonly<Record<string, number>> | string
+): Check<Readonly<Record<string, number>>> => {
+  let table: Record<string, unknown>
+  if (typeof input === "string") {
+    table = {}
+    for (const pair of input.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
+      const at = pair.lastIndexOf("=")
+      if (at <= 0) return bad(field, input, "use name=weight pairs separated by commas")
+      table[pair.slice(0, at).trim()] = Number(pair.slice(at + 1))
+    }
+  } else {
+    table = { ...input }
+  }
+  const names = Object.keys(table)
+  if (names.length > maxWeightedTenants) return bad(field, `${names.length} entries`, `at most ${maxWeightedTenants}`)
+  for (const name of names) {
+    const weight = table[name]
+    if (typeof weight !== "number" || !Number.isInteger(weight) || weight < 1 || weight > maxWeight) {
+      return bad(field, input, `the weight of ${JSON.stringify(name)} must be a whole number from 1 to ${maxWeight}`)
+    }
+  }
+  return ok(table as Record<string, number>)
+}
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 // Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
@@ -475,6 +530,23 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       check(bad("sessionCheck", sessionCheck, "use suspect or always"))
     }
 
+    const fairnessMode = options.fairness ?? defaults.fairness
+    if (fairnessMode !== "tenant" && fairnessMode !== "fifo") check(bad("fairness", fairnessMode, "use tenant or fifo"))
+    const tenantWeights = check(weightTable("tenantWeights", options.tenantWeights ?? {})) ?? {}
+    const defaultTenantWeight = check(integer("defaultTenantWeight", options.defaultTenantWeight, defaults.defaultTenantWeight, 1))
+    if (defaultTenantWeight > maxWeight) check(bad("defaultTenantWeight", defaultTenantWeight, `must be at most ${maxWeight}`))
+    const priorityWeights = {
+      ...defaults.priorityWeights,
+      ...check(weightTable("priorityWeights", options.priorityWeights ?? {}))
+    }
+    const unknownClass = Object.keys(priorityWeights).find((name) => !(name in defaults.priorityWeights))
+    if (unknownClass !== undefined) check(bad("priorityWeights", unknownClass, "the classes are high, normal and low"))
+    const tenantMaxInUse = check(integer("tenantMaxInUse", options.tenantMaxInUse, defaults.tenantMaxInUse, 1, { infinite: true }))
+    const tenantMaxQueued = check(integer("tenantMaxQueued", options.tenantMaxQueued, defaults.tenantMaxQueued, 0, { infinite: true }))
+    if (fairnessMode === "fifo" && (tenantMaxInUse !== Infinity || tenantMaxQueued !== Infinity)) {
+      check(bad("fairness", fairnessMode, "tenantMaxInUse and tenantMaxQueued need fairness: tenant"))
+    }
+
     const error = firstError()
     if (error !== undefined) return Effect.fail(error)
     return Effect.succeed<Resolved>({
@@ -506,6 +578,13 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       requireTenant: options.requireTenant ?? defaults.requireTenant,
       checkTenant: tenantChecker(tenantFormat, tenantMaxLength),
       sessionCheck,
+      fairness: {
+        mode: fairnessMode,
+        priorityWeights,
+        tenantWeight: (tenant) => tenantWeights[tenant] ?? defaultTenantWeight,
+        tenantMaxInUse
+      },
+      tenantMaxQueued,
       connection: {
         ...ssl,
         host: host!,
@@ -556,7 +635,13 @@ export const environment = {
   requireTenant: "PGPOOL_REQUIRE_TENANT",
   tenantFormat: "PGPOOL_TENANT_FORMAT",
   tenantMaxLength: "PGPOOL_TENANT_MAX_LENGTH",
-  sessionCheck: "PGPOOL_SESSION_CHECK"
+  sessionCheck: "PGPOOL_SESSION_CHECK",
+  fairness: "PGPOOL_FAIRNESS",
+  tenantWeights: "PGPOOL_TENANT_WEIGHTS",
+  defaultTenantWeight: "PGPOOL_DEFAULT_TENANT_WEIGHT",
+  priorityWeights: "PGPOOL_PRIORITY_WEIGHTS",
+  tenantMaxInUse: "PGPOOL_TENANT_MAX_IN_USE",
+  tenantMaxQueued: "PGPOOL_TENANT_MAX_QUEUED"
 } as const
 
 /** Options read as numbers; the rest are strings, except the secrets and `prepare`. */
@@ -569,7 +654,10 @@ const numericOptions: ReadonlySet<string> = new Set([
   "maxWaiting",
   "maxUses",
   "maxLifetimeJitter",
-  "tenantMaxLength"
+  "tenantMaxLength",
+  "defaultTenantWeight",
+  "tenantMaxInUse",
+  "tenantMaxQueued"
 ])
 const booleanOptions: ReadonlySet<string> = new Set(["prepare", "requireTenant"])
 const secretOptions: ReadonlySet<string> = new Set(["url", "password"])

@@ -178,6 +178,30 @@ export class TenantMismatchError extends Schema.TaggedError<TenantMismatchError>
 }
 
 /**
+ * A tenant asked for more than its share: it already had `tenantMaxQueued`
+ * requests waiting. Other tenants are unaffected.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TenantQuotaExceededError extends Schema.TaggedError<TenantQuotaExceededError>()(
+  "TenantQuotaExceededError",
+  {
+    /** The option that was reached. */
+    limit: Schema.Literal("tenantMaxQueued"),
+    /** Its value. */
+    max: Schema.Number,
+    /** The tenant's id. */
+    tenant: Schema.String
+  }
+) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Tenant ${JSON.stringify(this.tenant.slice(0, 80))} already has ${this.max} requests waiting (${this.limit})`
+  }
+}
+
+/**
  * Any error the pool raises on its own behalf.
  *
  * @since 0.1.0
@@ -191,6 +215,7 @@ export type PoolError =
   | TenantRequiredError
   | InvalidTenantError
   | TenantMismatchError
+  | TenantQuotaExceededError
 
 /**
  * Whether `u` is one of the pool's errors.

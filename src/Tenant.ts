@@ -32,7 +32,13 @@ export type Scope =
   | { readonly _tag: "Tenant"; readonly id: string }
   | { readonly _tag: "Unscoped"; readonly reason: string }
 
-const none: Scope = { _tag: "None" }
+/**
+ * The scope of a fiber that has said nothing about its tenant.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const none: Scope = { _tag: "None" }
 
 /**
  * The fiber-local tenant scope. Prefer {@link with} and {@link unscoped} to

@@ -16,3 +16,6 @@ export * as PoolError from "./PoolError.ts"
 
 /** The tenant a fiber works for: Tenant.with, Tenant.unscoped, Tenant.current. @since 0.1.0 */
 export * as Tenant from "./Tenant.ts"
+
+/** How urgent a fiber's database work is: Priority.with("high"). @since 0.1.0 */
+export * as Priority from "./Priority.ts"

@@ -10,12 +10,15 @@ import { TestClock } from "effect/testing"
 import type * as Engine from "../src/internal/engine.ts"
 import type { Entry } from "../src/internal/entry.ts"
 import {
+  alone,
   authenticationFailed,
   connectionRefused,
   type FakeConnection,
   lease,
   makeEngine,
-  makeScript
+  asTenant,
+  makeScript,
+  share
 } from "./support/scripted.ts"
 
 type Pool = Engine.Engine<FakeConnection>
@@ -95,7 +98,7 @@ describe("engine", () => {
         yield* caller(pool, log, "a")
         yield* caller(pool, log, "b")
         yield* settle
-        const error = yield* Effect.flip(pool.acquire)
+        const error = yield* Effect.flip(pool.acquire(alone))
         assert.strictEqual(error._tag, "PoolSaturatedError")
         if (error._tag === "PoolSaturatedError") {
           assert.strictEqual(error.maxWaiting, 2)
@@ -110,7 +113,7 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1 })
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         const log: Array<string> = []
         const fibers = []
         for (const name of ["a", "b", "c"]) {
@@ -129,7 +132,7 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1 })
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         const log: Array<string> = []
         const a = yield* caller(pool, log, "a")
         const b = yield* caller(pool, log, "b")
@@ -152,7 +155,7 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1 })
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         const log: Array<string> = []
         const a = yield* caller(pool, log, "a")
         const b = yield* caller(pool, log, "b")
@@ -172,9 +175,9 @@ describe("engine", () => {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1, acquireTimeout: 1_000 })
         yield* lease(pool)
-        const first = yield* Effect.forkChild(pool.acquire)
+        const first = yield* Effect.forkChild(pool.acquire(alone))
         yield* TestClock.adjust(400)
-        const second = yield* Effect.forkChild(pool.acquire)
+        const second = yield* Effect.forkChild(pool.acquire(alone))
         yield* TestClock.adjust(600)
         const error = yield* Effect.flip(Fiber.join(first))
         assert.strictEqual(error._tag, "PoolTimeoutError")
@@ -196,8 +199,8 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1, acquireTimeout: 1_000 })
-        const held = yield* pool.acquire
-        const waiter = yield* Effect.forkChild(pool.acquire)
+        const held = yield* pool.acquire(alone)
+        const waiter = yield* Effect.forkChild(pool.acquire(alone))
         yield* TestClock.adjust(1_000)
         pool.release(held)
         assert.isTrue(Exit.isFailure(yield* Fiber.await(waiter)))
@@ -210,7 +213,7 @@ describe("engine", () => {
         const pool = yield* makeEngine(script, { max: 2, acquireTimeout: 1_000 })
         yield* lease(pool)
         script.failAll = connectionRefused()
-        const error = yield* Effect.flip(Effect.forkChild(pool.acquire).pipe(
+        const error = yield* Effect.flip(Effect.forkChild(pool.acquire(alone)).pipe(
           Effect.tap(() => TestClock.adjust(1_000)),
           Effect.flatMap(Fiber.join)
         ))
@@ -279,13 +282,13 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1, maxLifetime: 5_000, maxUses: 3 })
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         yield* TestClock.adjust(6_000)
         pool.release(held)
         assert.isTrue(held.connection.closed || script.opened[0].closed)
         const ids: Array<number> = []
         for (let i = 0; i < 4; i++) {
-          const entry: Entry<FakeConnection> = yield* pool.acquire
+          const entry: Entry<FakeConnection> = yield* pool.acquire(alone)
           ids.push(entry.connection.id)
           pool.release(entry)
           yield* settle
@@ -298,12 +301,12 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { min: 1, max: 1 })
-        const used = yield* pool.acquire
+        const used = yield* pool.acquire(alone)
         script.kill(used.connection)
         pool.release(used)
         assert.isTrue(used.connection.closed)
         yield* settle
-        const next = yield* pool.acquire
+        const next = yield* pool.acquire(alone)
         assert.notStrictEqual(next.connection.id, used.connection.id)
         pool.release(next)
         // Dying while idle: dropped at once, replaced for min.
@@ -319,7 +322,7 @@ describe("engine", () => {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1 })
         script.connectDelay = 50
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         const log: Array<string> = []
         const waiter = yield* caller(pool, log, "w")
         yield* settle
@@ -369,7 +372,7 @@ describe("engine", () => {
         const pool = yield* makeEngine(script, { max: 2 })
         yield* lease(pool)
         script.failAll = authenticationFailed()
-        const error = yield* Effect.flip(pool.acquire)
+        const error = yield* Effect.flip(pool.acquire(alone))
         assert.strictEqual(error._tag, "DatabaseUnavailableError")
         assert.strictEqual(pool.stats().pending, 0)
       }))
@@ -381,7 +384,7 @@ describe("engine", () => {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 3, pipelineDepth: 3 })
         const shares: Array<Entry<FakeConnection>> = []
-        for (let i = 0; i < 5; i++) shares.push(yield* pool.acquireShared)
+        for (let i = 0; i < 5; i++) shares.push(yield* pool.acquire(share))
         assert.deepStrictEqual(shares.map((e) => e.connection.id), [1, 1, 1, 2, 2])
         assert.strictEqual(shares[0].borrowers, 3)
         for (const share of shares) pool.release(share)
@@ -392,9 +395,9 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 10, maxConnecting: 10, pipelineDepth: 4 })
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         script.connectDelay = 10
-        const waiting = yield* Effect.forEach(Array.from({ length: 9 }), () => Effect.forkChild(pool.acquireShared))
+        const waiting = yield* Effect.forEach(Array.from({ length: 9 }), () => Effect.forkChild(pool.acquire(share)))
         yield* settle
         // Nine shares of depth four need three connections.
         assert.strictEqual(pool.stats().creating, 3)
@@ -409,16 +412,16 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 1, pipelineDepth: 4 })
-        const first = yield* pool.acquireShared
-        const alone = yield* Effect.forkChild(pool.acquire)
+        const first = yield* pool.acquire(share)
+        const whole = yield* Effect.forkChild(pool.acquire(alone))
         yield* settle
-        const later = yield* Effect.forkChild(pool.acquireShared)
+        const later = yield* Effect.forkChild(pool.acquire(share))
         yield* settle
         // The shared connection has room, but the caller ahead waits for it whole.
         assert.strictEqual(first.borrowers, 1)
         assert.strictEqual(pool.stats().pending, 2)
         pool.release(first)
-        const mine = yield* Fiber.join(alone)
+        const mine = yield* Fiber.join(whole)
         assert.strictEqual(mine.state, "used")
         assert.isUndefined(later.pollUnsafe())
         pool.release(mine)
@@ -429,12 +432,12 @@ describe("engine", () => {
       Effect.gen(function*() {
         const script = makeScript()
         const pool = yield* makeEngine(script, { max: 2, pipelineDepth: 4 })
-        const other = yield* pool.acquireShared
-        const mine = yield* pool.acquireShared
+        const other = yield* pool.acquire(share)
+        const mine = yield* pool.acquire(share)
         pool.abandon(mine)
         // Someone else's statement still shares the connection: no cancel, no newcomers.
         assert.deepStrictEqual(script.cancelled, [])
-        const newcomer = yield* pool.acquireShared
+        const newcomer = yield* pool.acquire(share)
         assert.notStrictEqual(newcomer.connection.id, other.connection.id)
         pool.release(other)
         yield* settle
@@ -444,17 +447,124 @@ describe("engine", () => {
       }))
   })
 
+  describe("tenant-fair scheduling", () => {
+    const fairness = (overrides: Partial<Engine.EngineOptions["fairness"]> = {}): Engine.EngineOptions["fairness"] => ({
+      mode: "tenant",
+      priorityWeights: { high: 4, normal: 2, low: 1 },
+      tenantWeight: () => 1,
+      tenantMaxInUse: Infinity,
+      ...overrides
+    })
+
+    it.effect("serves waiting tenants in turn, a noisy tenant's backlog notwithstanding", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, fairness: fairness() })
+        const held = yield* pool.acquire(alone)
+        const log: Array<string> = []
+        const fibers = []
+        for (let i = 0; i < 4; i++) {
+          fibers.push(yield* Effect.forkChild(Effect.scoped(Effect.tap(lease(pool, asTenant("noisy")), () => Effect.sync(() => log.push("noisy"))))))
+          yield* settle
+        }
+        for (const quiet of ["q1", "q2"]) {
+          fibers.push(yield* Effect.forkChild(Effect.scoped(Effect.tap(lease(pool, asTenant(quiet)), () => Effect.sync(() => log.push(quiet))))))
+          yield* settle
+        }
+        pool.release(held)
+        yield* Fiber.joinAll(fibers)
+        // FIFO would serve noisy four times first; turns put the quiet tenants second and third.
+        assert.deepStrictEqual(log, ["noisy", "q1", "q2", "noisy", "noisy", "noisy"])
+      }))
+
+    it.effect("turns away a tenant past tenantMaxQueued with TenantQuotaExceededError, others unaffected", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, fairness: fairness(), tenantMaxQueued: 2 })
+        const held = yield* pool.acquire(alone)
+        const waiting = [
+          yield* Effect.forkChild(pool.acquire(asTenant("a"))),
+          yield* Effect.forkChild(pool.acquire(asTenant("a")))
+        ]
+        yield* settle
+        const error = yield* Effect.flip(pool.acquire(asTenant("a")))
+        assert.strictEqual(error._tag, "TenantQuotaExceededError")
+        if (error._tag === "TenantQuotaExceededError") {
+          assert.strictEqual(error.max, 2)
+          assert.strictEqual(error.tenant, "a")
+        }
+        const other = yield* Effect.forkChild(pool.acquire(asTenant("b")))
+        yield* settle
+        assert.isUndefined(other.pollUnsafe())
+        assert.strictEqual(pool.stats().pending, 3)
+        yield* Fiber.interruptAll([...waiting, other])
+        pool.release(held)
+      }))
+
+    it.effect("a tenant at tenantMaxInUse waits while others take the idle connections", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { min: 3, max: 3, fairness: fairness({ tenantMaxInUse: 2 }) })
+        yield* settle
+        const a1 = yield* pool.acquire(asTenant("a"))
+        const a2 = yield* pool.acquire(asTenant("a"))
+        const a3 = yield* Effect.forkChild(pool.acquire(asTenant("a")))
+        yield* settle
+        assert.isUndefined(a3.pollUnsafe())
+        assert.strictEqual(pool.stats().idle, 1)
+        const b = yield* pool.acquire(asTenant("b"))
+        assert.strictEqual(b.state, "used")
+        pool.release(a1)
+        const third = yield* Fiber.join(a3)
+        assert.strictEqual(third.holder, "a")
+        for (const entry of [a2, b, third]) pool.release(entry)
+      }))
+
+    it.effect("an interrupted or timed-out tenant waiter leaves its tenant's queue, and the next is served", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, acquireTimeout: 1_000, fairness: fairness() })
+        const held = yield* pool.acquire(alone)
+        const first = yield* Effect.forkChild(pool.acquire(asTenant("a")))
+        const second = yield* Effect.forkChild(pool.acquire(asTenant("b")))
+        yield* TestClock.adjust(500)
+        const third = yield* Effect.forkChild(pool.acquire(asTenant("c")))
+        yield* settle
+        yield* Fiber.interrupt(second)
+        yield* TestClock.adjust(500)
+        assert.strictEqual((yield* Effect.flip(Fiber.join(first)))._tag, "PoolTimeoutError")
+        assert.strictEqual(pool.stats().pending, 1)
+        pool.release(held)
+        const served = yield* Fiber.join(third)
+        assert.strictEqual(served.holder, "c")
+        pool.release(served)
+      }))
+
+    it.effect("costs nothing when nobody waits: a tenant takes an idle connection at once", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { min: 1, max: 1, fairness: fairness() })
+        yield* settle
+        for (let i = 0; i < 100; i++) {
+          const entry = yield* pool.acquire(asTenant(`tenant-${i}`))
+          pool.release(entry)
+        }
+        assert.strictEqual(script.opened.length, 1)
+        assert.strictEqual(pool.stats().pending, 0)
+      }))
+  })
+
   describe("shutdown", () => {
     it.effect("drains: idle connections close at once, newcomers fail, a lent one closes when it comes back", () =>
       Effect.gen(function*() {
         const { pool, scope, script } = yield* closableEngine({ min: 2, max: 2, shutdownTimeout: 5_000 })
         yield* settle
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         assert.strictEqual(pool.stats().idle, 1)
         const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
         yield* settle
         assert.strictEqual(script.openNow(), 1)
-        assert.strictEqual((yield* Effect.flip(pool.acquire))._tag, "PoolClosedError")
+        assert.strictEqual((yield* Effect.flip(pool.acquire(alone)))._tag, "PoolClosedError")
         yield* TestClock.adjust(1_000)
         assert.isUndefined(closing.pollUnsafe())
         pool.release(held)
@@ -465,8 +575,8 @@ describe("engine", () => {
     it.effect("fails the callers waiting when it closes", () =>
       Effect.gen(function*() {
         const { pool, scope, script } = yield* closableEngine({ max: 1 })
-        const held = yield* pool.acquire
-        const waiter = yield* Effect.forkChild(pool.acquire)
+        const held = yield* pool.acquire(alone)
+        const waiter = yield* Effect.forkChild(pool.acquire(alone))
         yield* settle
         const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
         assert.strictEqual((yield* Effect.flip(Fiber.join(waiter)))._tag, "PoolClosedError")
@@ -478,7 +588,7 @@ describe("engine", () => {
     it.effect("closes connections not given back within shutdownTimeout", () =>
       Effect.gen(function*() {
         const { pool, scope, script } = yield* closableEngine({ max: 1, shutdownTimeout: 5_000 })
-        const held = yield* pool.acquire
+        const held = yield* pool.acquire(alone)
         const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
         yield* TestClock.adjust(4_999)
         assert.isFalse(held.connection.closed)

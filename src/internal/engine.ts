@@ -40,11 +40,13 @@ import {
   PoolClosedError,
   type PoolError,
   PoolSaturatedError,
-  PoolTimeoutError
+  PoolTimeoutError,
+  TenantQuotaExceededError
 } from "../PoolError.ts"
 import { Entry, expiryFor } from "./entry.ts"
 import { describe, isFatalConnectError } from "./sqlState.ts"
-import { type Node, WaitQueue } from "./waitQueue.ts"
+import { Link, LinkedQueue } from "./linkedQueue.ts"
+import * as Scheduler from "./scheduler.ts"
 
 /**
  * Makes physical connections and reports when one must not be reused.
@@ -85,8 +87,11 @@ export interface EngineOptions extends
     | "housekeepingInterval"
     | "shutdownTimeout"
     | "initializationTimeout"
+    | "tenantMaxQueued"
   >
 {
+  /** Who is served first when callers wait. */
+  readonly fairness: Scheduler.FairnessOptions
   /** Spacing of the attempts after a failed connection attempt. */
   readonly connectRetry: Schedule.Schedule<unknown, SqlError>
   /** Source of the lifetime jitter; `Math.random` unless a test fixes it. */
@@ -115,14 +120,13 @@ export interface Stats {
 /** @internal */
 export interface Engine<C> {
   /**
-   * Takes a connection for the caller alone, waiting in line if none is free.
-   * The caller must hand it back with `release` or `invalidate`; run it where
-   * interruption cannot come between the two.
+   * Takes a connection for the caller alone, or a share of one for an
+   * autocommit statement (`request.shared`), waiting in line if none is free.
+   * The caller must hand it back with `release`, `invalidate` or `abandon`;
+   * run it where interruption cannot come between the two.
    */
-  readonly acquire: Effect.Effect<Entry<C>, PoolError>
-  /** Takes a share of a connection for one autocommit statement; as `acquire` otherwise. */
-  readonly acquireShared: Effect.Effect<Entry<C>, PoolError>
-  /** A share when one is free right now and nobody waits; the fast path of `acquireShared`. */
+  readonly acquire: (request: Scheduler.Request) => Effect.Effect<Entry<C>, PoolError>
+  /** A share for a statement without a tenant when one is free and nobody waits: the fast path. */
   readonly shareNow: () => Entry<C> | undefined
   /** Gives a connection (or a share of one) back; it goes to the next waiter, or idles. */
   readonly release: (entry: Entry<C>) => void
@@ -140,15 +144,18 @@ export interface Engine<C> {
   readonly shutdown: Effect.Effect<void>
 }
 
-interface Waiter<C> extends Node {
-  /** Wants a share of a connection rather than one of its own. */
-  readonly shared: boolean
+interface Waiter<C> extends Scheduler.Waiting {
+  /** Its place in the pool-wide arrival order, for timeouts. */
+  readonly arrival: Link<Waiter<C>>
+  readonly inFlow: Link<Waiter<C>>
   readonly resume: (effect: Effect.Effect<Entry<C>, PoolError>) => void
   readonly enqueuedAt: number
   readonly deadline: number
   /** The connection handed over, until the waiter's fiber has taken it. */
   entry: Entry<C> | undefined
 }
+
+const unscopedShare: Scheduler.Request = { flow: "", priority: "normal", shared: true }
 
 /**
  * Starts an engine: connects once to prove the database is there, then keeps
@@ -169,12 +176,13 @@ export const make = <C>(
     const entries = new Set<Entry<C>>()
     /** Idle connections, most recently used last: reuse takes the warmest, eviction the coldest. */
     const idle: Array<Entry<C>> = []
-    const waiters = new WaitQueue<Waiter<C>>()
+    /** Every waiter in arrival order: the oldest has the earliest deadline. */
+    const waiters = new LinkedQueue<Waiter<C>>((w) => w.arrival)
+    /** The same waiters in the order they are to be served. */
+    const scheduler = Scheduler.make<Waiter<C>>(options.fairness)
     const background = new Set<Fiber.Fiber<unknown, unknown>>()
     const closing = new Set<Fiber.Fiber<unknown, unknown>>()
     const drained = Deferred.makeUnsafe<void>()
-    /** Waiters that want a share, for the demand on new connections. */
-    let sharedWaiting = 0
     let creating = 0
     let closed = false
     let timeoutSweepRunning = false
@@ -191,38 +199,43 @@ export const make = <C>(
     const settle = (waiter: Waiter<C>, effect: Effect.Effect<Entry<C>, PoolError>): void =>
       queueMicrotask(() => waiter.resume(effect))
 
-    const checkout = (entry: Entry<C>, shared: boolean): Entry<C> => {
+    const checkout = (entry: Entry<C>, request: Scheduler.Request): Entry<C> => {
       entry.uses++
-      if (shared) {
+      if (request.shared) {
         entry.state = "shared"
         entry.borrowers++
       } else {
         entry.state = "used"
+        entry.holder = request.flow
+        scheduler.acquired(request.flow)
       }
       return entry
     }
 
-    const dequeue = (): Waiter<C> | undefined => {
-      const waiter = waiters.shift()
-      if (waiter?.shared) sharedWaiting--
+    /** Takes a waiter the scheduler chose out of the arrival order too. */
+    const chosen = (waiter: Waiter<C> | undefined): Waiter<C> | undefined => {
+      if (waiter !== undefined) waiters.remove(waiter)
       return waiter
     }
 
     const leave = (waiter: Waiter<C>): boolean => {
-      const left = waiters.remove(waiter)
-      if (left && waiter.shared) sharedWaiting--
-      return left
+      if (!waiters.remove(waiter)) return false
+      scheduler.remove(waiter)
+      return true
     }
 
     const serve = (waiter: Waiter<C>, entry: Entry<C>): void => {
-      waiter.entry = checkout(entry, waiter.shared)
+      waiter.entry = checkout(entry, waiter.request)
       settle(waiter, Effect.succeed(entry))
     }
 
-    /** Hands spare capacity of a shared connection to the waiters at the head that want a share. */
+    /** Hands spare capacity of a shared connection to waiters that want a share. */
     const serveShares = (entry: Entry<C>): void => {
-      if (entry.draining) return
-      while (entry.borrowers < options.pipelineDepth && waiters.peek()?.shared) serve(dequeue()!, entry)
+      while (!entry.draining && entry.borrowers < options.pipelineDepth) {
+        const waiter = chosen(scheduler.nextShare())
+        if (waiter === undefined) return
+        serve(waiter, entry)
+      }
     }
 
     const makeIdle = (entry: Entry<C>, at: number): void => {
@@ -231,12 +244,32 @@ export const make = <C>(
       idle.push(entry)
     }
 
-    /** A free connection goes to the oldest waiter (and the shares behind it), else to the idle stack. */
+    /** Hands idle connections to eligible waiters, while there are both. */
+    const dispatchIdle = (): void => {
+      const at = now()
+      while (idle.length > 0 && waiters.size > 0) {
+        const entry = idle.pop()!
+        if (entry.isSpent(at, options.maxUses)) {
+          entry.state = "used"
+          destroy(entry)
+          continue
+        }
+        const waiter = chosen(scheduler.next())
+        if (waiter === undefined) {
+          idle.push(entry)
+          return
+        }
+        serve(waiter, entry)
+        if (waiter.request.shared) serveShares(entry)
+      }
+    }
+
+    /** A free connection goes to the next waiter (and the shares after it), else to the idle stack. */
     const offer = (entry: Entry<C>): void => {
-      const waiter = dequeue()
+      const waiter = chosen(scheduler.next())
       if (waiter === undefined) return makeIdle(entry, now())
       serve(waiter, entry)
-      if (waiter.shared) serveShares(entry)
+      if (waiter.request.shared) serveShares(entry)
     }
 
     const destroy = (entry: Entry<C>): void => {
@@ -257,8 +290,10 @@ export const make = <C>(
     }
 
     /** Connections the waiters need: one each, or one per `pipelineDepth` shares. */
-    const demand = (): number =>
-      waiters.size - sharedWaiting + Math.ceil(sharedWaiting / options.pipelineDepth)
+    const demand = (): number => {
+      const shared = scheduler.sharedWaiting()
+      return waiters.size - shared + Math.ceil(shared / options.pipelineDepth)
+    }
 
     /** Rule 3: open connections while the waiters need more than are being opened, or below `min`. */
     const fill = (): void => {
@@ -276,8 +311,10 @@ export const make = <C>(
       !closed && (demand() > creating - 1 || entries.size + creating - 1 < options.min)
 
     const failWaiters = (error: PoolError): void => {
-      sharedWaiting = 0
-      for (const waiter of waiters.drain()) settle(waiter, Effect.fail(error))
+      for (let waiter = waiters.peek(); waiter !== undefined; waiter = waiters.peek()) {
+        leave(waiter)
+        settle(waiter, Effect.fail(error))
+      }
     }
 
     let attempts = 0
@@ -365,10 +402,10 @@ export const make = <C>(
       return sweepTimeouts
     })
 
-    const takeIdle = (shared: boolean): Entry<C> | undefined => {
+    const takeIdle = (request: Scheduler.Request): Entry<C> | undefined => {
       const at = now()
       for (let entry = idle.pop(); entry !== undefined; entry = idle.pop()) {
-        if (!entry.isSpent(at, options.maxUses)) return checkout(entry, shared)
+        if (!entry.isSpent(at, options.maxUses)) return checkout(entry, request)
         // Out of the idle stack already; `destroy` must not look for it there.
         entry.state = "used"
         destroy(entry)
@@ -392,24 +429,26 @@ export const make = <C>(
           (best === undefined || entry.borrowers > best.borrowers)
         ) best = entry
       }
-      return best === undefined ? undefined : checkout(best, true)
+      return best === undefined ? undefined : checkout(best, unscopedShare)
     }
 
-    const wait = (shared: boolean) =>
+    const wait = (request: Scheduler.Request) =>
       Effect.callback<Entry<C>, PoolError>((resume) => {
         const at = now()
         const waiter: Waiter<C> = {
-          prev: undefined,
-          next: undefined,
-          queued: false,
-          shared,
+          request,
+          arrival: new Link(),
+          inFlow: new Link(),
           resume,
           enqueuedAt: at,
           deadline: at + options.acquireTimeout,
           entry: undefined
         }
         waiters.push(waiter)
-        if (shared) sharedWaiting++
+        scheduler.push(waiter)
+        // Idle connections while others wait: the waiters ahead are at their
+        // tenant's in-use limit, and this one may be served now.
+        if (idle.length > 0) dispatchIdle()
         if (!timeoutSweepRunning) {
           timeoutSweepRunning = true
           fork(sweepTimeouts, background)
@@ -423,30 +462,32 @@ export const make = <C>(
           if (entry !== undefined) release(entry)
         })
       })
-    const waitAlone = wait(false)
-    const waitForShare = wait(true)
 
     const saturated = () =>
       Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
 
-    const acquire: Effect.Effect<Entry<C>, PoolError> = Effect.suspend(() => {
-      if (closed) return Effect.fail(new PoolClosedError())
-      if (waiters.size === 0) {
-        const entry = takeIdle(false)
-        if (entry !== undefined) return Effect.succeed(entry)
-      }
-      return waiters.size >= options.maxWaiting ? saturated() : waitAlone
-    })
-
+    /** A share right now for a statement without a tenant, when one is free and nobody waits. */
     const shareNow = (): Entry<C> | undefined =>
-      closed || waiters.size > 0 ? undefined : takeShare() ?? takeIdle(true)
+      closed || waiters.size > 0 ? undefined : takeShare() ?? takeIdle(unscopedShare)
 
-    const acquireShared: Effect.Effect<Entry<C>, PoolError> = Effect.suspend(() => {
-      if (closed) return Effect.fail(new PoolClosedError())
-      const entry = shareNow()
-      if (entry !== undefined) return Effect.succeed(entry)
-      return waiters.size >= options.maxWaiting ? saturated() : waitForShare
-    })
+    const acquire = (request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
+      Effect.suspend(() => {
+        if (closed) return Effect.fail(new PoolClosedError())
+        if (waiters.size === 0 && scheduler.mayTake(request.flow)) {
+          const entry = request.shared ? takeShare() ?? takeIdle(request) : takeIdle(request)
+          if (entry !== undefined) return Effect.succeed(entry)
+        }
+        if (waiters.size >= options.maxWaiting) return saturated()
+        if (request.flow !== "" && options.tenantMaxQueued !== Infinity) {
+          const queued = scheduler.queued(request.flow)
+          if (queued >= options.tenantMaxQueued) {
+            return Effect.fail(
+              new TenantQuotaExceededError({ limit: "tenantMaxQueued", max: options.tenantMaxQueued, tenant: request.flow })
+            )
+          }
+        }
+        return wait(request)
+      })
 
     const release = (entry: Entry<C>): void => {
       if (entry.state === "shared") {
@@ -460,8 +501,15 @@ export const make = <C>(
         if (entry.abandoned) return destroy(entry)
       }
       if (entry.state !== "used") return
+      const holder = entry.holder
+      if (holder !== undefined) {
+        scheduler.released(holder)
+        entry.holder = undefined
+      }
       if (closed || entry.isSpent(now(), options.maxUses)) destroy(entry)
       else offer(entry)
+      // The tenant under its limit again may be served from other idle connections.
+      if (holder !== undefined && idle.length > 0 && waiters.size > 0) dispatchIdle()
     }
 
     const abandon = (entry: Entry<C>): void => {
@@ -472,11 +520,9 @@ export const make = <C>(
     }
 
     const invalidate = (entry: Entry<C>): void => {
-      if (entry.state === "shared") {
+      if (entry.state === "used" || entry.state === "shared") {
         entry.broken = true
         release(entry)
-      } else if (entry.state === "used") {
-        destroy(entry)
       }
     }
 
@@ -536,5 +582,5 @@ export const make = <C>(
     offer(admit(first))
     fill()
     fork(Effect.forever(Effect.andThen(Effect.sleep(options.housekeepingInterval), housekeep)), background)
-    return { acquire, acquireShared, shareNow, release, invalidate, abandon, stats, shutdown } satisfies Engine<C>
+    return { acquire, shareNow, release, invalidate, abandon, stats, shutdown } satisfies Engine<C>
   })

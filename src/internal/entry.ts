@@ -19,6 +19,8 @@ export class Entry<C> {
   readonly expiresAt: number
   /** `used`: lent to one caller alone; `shared`: carrying `borrowers` pipelined statements. */
   state: EntryState = "idle"
+  /** The tenant holding it alone, counted against its in-use limit. */
+  holder: string | undefined = undefined
   /** Callers sharing it while `shared`. */
   borrowers = 0
   /** Takes no new borrowers until the current ones are gone. */

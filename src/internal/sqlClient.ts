@@ -32,6 +32,7 @@ import * as Statement from "effect/sql/Statement"
 import * as Stream from "effect/Stream"
 import type * as PoolConfig from "../PoolConfig.ts"
 import * as PoolError from "../PoolError.ts"
+import * as Priority from "../Priority.ts"
 import * as Tenant from "../Tenant.ts"
 import type { Engine } from "./engine.ts"
 import type { Entry } from "./entry.ts"
@@ -290,8 +291,18 @@ export const make = (
     }
   )
 
-  const acquire = Effect.mapError(engine.acquire, PoolError.toSqlError)
-  const acquireShared = Effect.mapError(engine.acquireShared, PoolError.toSqlError)
+  /** Takes a connection (or a share) for the caller, in its tenant's turn and its fiber's priority. */
+  const acquire = (scope: Tenant.Scope, shared: boolean): Effect.Effect<PgEntry, SqlError> =>
+    Effect.withFiber((fiber) =>
+      Effect.mapError(
+        engine.acquire({
+          flow: scope._tag === "Tenant" ? scope.id : "",
+          priority: fiber.getRef(Priority.CurrentPriority),
+          shared
+        }),
+        PoolError.toSqlError
+      )
+    )
 
   /** Runs `f` on a connection lent to this caller alone, and takes it back on any exit. */
   const withLease = <A, E, R>(
@@ -299,7 +310,7 @@ export const make = (
     f: (lease: Lease) => Effect.Effect<A, E, R>
   ): Effect.Effect<A, E | SqlError, R> =>
     Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(restore(acquire), (entry) => {
+      Effect.flatMap(restore(acquire(scope, false)), (entry) => {
         const lease = new Lease(entry, scope, options.tenantSetting, false)
         return Effect.onExitPrimitive(restore(f(lease)), () => giveBack(lease), true)
       })
@@ -316,7 +327,7 @@ export const make = (
         }, true)
       // Most statements find a share free: no waiting, no extra steps.
       const entry = engine.shareNow()
-      return entry !== undefined ? runOn(entry) : Effect.flatMap(restore(acquireShared), runOn)
+      return entry !== undefined ? runOn(entry) : Effect.flatMap(restore(acquire(Tenant.none, true)), runOn)
     })
 
   /**
@@ -385,7 +396,7 @@ export const make = (
   function lease(openTransaction: boolean): Effect.Effect<Connection, SqlError, Scope.Scope> {
     return Effect.flatMap(callerScope, (scope) =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(acquire), (entry) => {
+        Effect.flatMap(restore(acquire(scope, false)), (entry) => {
           const leased = new Lease(entry, scope, options.tenantSetting, true)
           const giveBackOnClose = Effect.addFinalizer(() => giveBack(leased) ?? Effect.void)
           if (!openTransaction || scope._tag !== "Tenant") return Effect.as(giveBackOnClose, leased)

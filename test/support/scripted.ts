@@ -10,6 +10,7 @@ import type * as Scope from "effect/Scope"
 import { AuthenticationError, ConnectionError, SqlError } from "effect/sql/SqlError"
 import * as Engine from "../../src/internal/engine.ts"
 import type { Entry } from "../../src/internal/entry.ts"
+import type { Request } from "../../src/internal/scheduler.ts"
 import type { PoolError } from "../../src/PoolError.ts"
 
 export interface FakeConnection {
@@ -111,7 +112,20 @@ export const testOptions = (overrides: Partial<Engine.EngineOptions> = {}): Engi
   shutdownTimeout: 5_000,
   initializationTimeout: 30_000,
   connectRetry: Schedule.spaced(100),
+  fairness: { mode: "fifo", priorityWeights: { high: 4, normal: 2, low: 1 }, tenantWeight: () => 1, tenantMaxInUse: Infinity },
+  tenantMaxQueued: Infinity,
   ...overrides
+})
+
+/** A request for a connection alone, without a tenant. */
+export const alone: Request = { flow: "", priority: "normal", shared: false }
+/** A request for a share of a connection. */
+export const share: Request = { flow: "", priority: "normal", shared: true }
+/** A request for a connection alone, as a tenant. */
+export const asTenant = (flow: string, priority: Request["priority"] = "normal"): Request => ({
+  flow,
+  priority,
+  shared: false
 })
 
 export const makeEngine = (
@@ -122,11 +136,12 @@ export const makeEngine = (
 
 /** Holds a connection until the scope closes; the wait for it stays interruptible. */
 export const lease = (
-  engine: Engine.Engine<FakeConnection>
+  engine: Engine.Engine<FakeConnection>,
+  request: Request = alone
 ): Effect.Effect<Entry<FakeConnection>, PoolError, Scope.Scope> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(
-      restore(engine.acquire),
+      restore(engine.acquire(request)),
       (entry) => Effect.as(Effect.addFinalizer(() => Effect.sync(() => engine.release(entry))), entry)
     )
   )
