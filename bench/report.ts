@@ -6,6 +6,7 @@
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import type { Summary } from "./harness.ts"
+import * as Noisy from "./noisy.ts"
 
 export interface Record {
   readonly mode: string
@@ -13,6 +14,7 @@ export interface Record {
   readonly machine: string
   readonly settings: { readonly [key: string]: number }
   readonly workloads: { readonly [name: string]: { readonly title: string; readonly summaries: ReadonlyArray<Summary> } }
+  readonly noisy?: ReadonlyArray<Noisy.NoisySummary>
 }
 
 const missing = (n: number | null): n is null => n === null || Number.isNaN(n)
@@ -82,6 +84,17 @@ const section = (record: Record): Array<string> => {
       `![${workload.title}](bench/${record.mode}-${name}.svg)`,
       "",
       table(workload.summaries),
+      ""
+    )
+  }
+  if (record.noisy !== undefined) {
+    lines.push(
+      "### Noisy neighbour: 9 quiet tenants at 20 requests/s each, one noisy tenant with 100 closed loops, 8 connections",
+      "",
+      "Each request holds a connection for a transaction with 2 ms of server work. The wait is from asking",
+      "for a connection to holding it.",
+      "",
+      Noisy.table(record.noisy),
       ""
     )
   }

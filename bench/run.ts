@@ -20,6 +20,7 @@ import * as Clients from "./clients.ts"
 import * as Database from "../examples/meshhook/database.ts"
 import * as Job from "../examples/meshhook/job.ts"
 import { burst, closedLoop, compare, type Contender, machine, type Summary } from "./harness.ts"
+import * as Noisy from "./noisy.ts"
 import { pgbench, pgbenchPath, runPgbench } from "./pgbench.ts"
 import * as Report from "./report.ts"
 
@@ -27,7 +28,7 @@ const usage = `Usage: npm run bench [-- options]
 
   --quick          3 rounds of 2 s (a few minutes) instead of 5 rounds of 5 s
   --smoke          1 short round: checks that everything runs (CI)
-  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, spike
+  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, spike, noisy
   --out DIR        write results/ and the report there instead of bench/ and docs/`
 
 let flags
@@ -243,6 +244,7 @@ const clientContenders = (workload: Workload): Array<Contender> => {
 }
 
 const results: Record<string, { readonly title: string; readonly summaries: ReadonlyArray<Summary> }> = {}
+let noisy: Array<Noisy.NoisySummary> | undefined
 try {
   for (const workload of workloads) {
     if (only !== undefined && !only.includes(workload.name)) continue
@@ -250,6 +252,11 @@ try {
     const summaries = await compare(clientContenders(workload), { ...settings, backendsOf, log })
     results[workload.name] = { title: workload.title, summaries }
     console.log(`\n${workload.title}\n${Report.table(summaries)}`)
+  }
+  if (only === undefined || only.includes("noisy")) {
+    log(`\nnoisy neighbour: ${settings.rounds} rounds, phases of ${settings.roundMillis / 1000} s`)
+    noisy = await Noisy.run(Redacted.make(superUrl), settings.rounds, settings.roundMillis, log)
+    console.log(`\nnoisy neighbour\n${Noisy.table(noisy)}`)
   }
 } finally {
   await bench.end()
@@ -261,7 +268,8 @@ const record: Report.Record = {
   date: new Date().toISOString(),
   machine: machine(),
   settings: { ...settings, connections, callers },
-  workloads: results
+  workloads: results,
+  ...(noisy === undefined ? {} : { noisy })
 }
 const benchDir = flags.out ?? import.meta.dirname
 const docsDir = flags.out ?? Path.join(import.meta.dirname, "..", "docs")

@@ -3,25 +3,22 @@
  * when they are closed. It knows nothing of SQL; a {@link Connector} makes
  * the physical connections, so tests can script them.
  *
- * The rules (see docs/architecture.md):
+ * The rules (docs/architecture.md states them for users):
  * 1. Never more than `max` connections, open or being opened.
- * 2. First come, first served: a released connection goes straight to the
- *    oldest waiter, and nobody takes an idle connection while others wait, so
- *    a fiber that releases and re-acquires queues behind them.
- * 2b. A connection is lent to one caller alone (transactions, tenant work), or
- *    shared by up to `pipelineDepth` autocommit statements that the driver
- *    pipelines. Sharing follows rule 2: a shared connection takes no new
- *    borrower while anyone waits, and a waiter for a connection of its own
- *    waits for a shared one to drain.
- * 3. A connection is opened only when waiters outnumber the connections being
- *    opened, or to keep `min` open, and at most `maxConnecting` at a time: a
- *    spike of callers is served by the first connections to open rather than
- *    setting off one connection attempt each.
- * 4. A waiter leaves the queue when it times out, is interrupted or the pool
+ * 2. Nobody barges: a released connection goes straight to the waiter the
+ *    scheduler picks (./scheduler.ts), and nobody takes an idle connection
+ *    while others wait.
+ * 3. A connection is lent to one caller alone, or shared by up to
+ *    `pipelineDepth` autocommit statements; the busiest shared connection with
+ *    room is filled first, and one takes no new borrower while a caller waits
+ *    for a connection alone.
+ * 4. A connection is opened only when the waiters need more than are being
+ *    opened, or to keep `min` open, at most `maxConnecting` at a time.
+ * 5. A waiter leaves the queue when it times out, is interrupted or the pool
  *    closes, and is never handed a connection afterwards.
- * 5. A connection the driver retires, or that is past its lifetime or uses,
+ * 6. A connection the driver retires, or that is past its lifetime or uses,
  *    is closed instead of lent, and replaced if anyone needs it.
- * 6. Closing drains: waiters fail, idle connections close, lent ones close as
+ * 7. Closing drains: waiters fail, idle connections close, lent ones close as
  *    they come back or when `shutdownTimeout` is up.
  *
  * @internal
@@ -140,7 +137,7 @@ export interface Engine<C> {
    */
   readonly abandon: (entry: Entry<C>) => void
   readonly stats: () => Stats
-  /** Drains and closes the pool; see rule 6. */
+  /** Drains and closes the pool; see rule 7. */
   readonly shutdown: Effect.Effect<void>
 }
 
@@ -295,7 +292,7 @@ export const make = <C>(
       return waiters.size - shared + Math.ceil(shared / options.pipelineDepth)
     }
 
-    /** Rule 3: open connections while the waiters need more than are being opened, or below `min`. */
+    /** Rule 4: open connections while the waiters need more than are being opened, or below `min`. */
     const fill = (): void => {
       while (
         !closed && entries.size + creating < options.max && creating < options.maxConnecting &&
@@ -341,7 +338,7 @@ export const make = <C>(
       return entry
     }
 
-    /** Rule 5, from the driver: an idle connection goes now, a lent one on return. */
+    /** Rule 6, from the driver: an idle connection goes now, a lent one on return. */
     const retire = (entry: Entry<C>): void => {
       if (entry.state === "idle") destroy(entry)
       else if (entry.state !== "closed") entry.broken = true
@@ -377,7 +374,7 @@ export const make = <C>(
       )
     )
 
-    /** Rule 4 for timeouts: one fiber sleeps until the oldest waiter's deadline. */
+    /** Rule 5 for timeouts: one fiber sleeps until the oldest waiter's deadline. */
     const sweepTimeouts: Effect.Effect<void> = Effect.suspend(() => {
       const head = waiters.peek()
       if (head === undefined) {
