@@ -35,6 +35,7 @@ import * as Engine from "./internal/engine.ts"
 import * as PgConnector from "./internal/pgConnector.ts"
 import * as SqlClientImpl from "./internal/sqlClient.ts"
 import * as PoolConfig from "./PoolConfig.ts"
+import * as Retry from "./Retry.ts"
 import type { DatabaseUnavailableError, PoolConfigError } from "./PoolError.ts"
 
 /**
@@ -61,13 +62,16 @@ export class Pool extends Context.Service<Pool, {
 }>()("@meshhook/pool/Pool") {}
 
 /**
- * Spacing of connection attempts after a failure: exponential from 50 ms,
- * with jitter, at most 5 s apart.
+ * Exponential backoff with jitter: `base`, doubling, at most `max` apart.
+ *
+ * @since 0.1.0
+ * @category schedules
  */
-const connectRetry = Schedule.exponential(Duration.millis(50)).pipe(
-  Schedule.jittered,
-  Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5))))
-)
+export const backoff = (base: number, max: number): Schedule.Schedule<Duration.Duration> =>
+  Schedule.exponential(Duration.millis(base)).pipe(
+    Schedule.jittered,
+    Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.millis(max))))
+  )
 
 /**
  * Builds the pool and its `SqlClient` for the life of the scope: validates
@@ -85,7 +89,19 @@ export const make = Effect.fnUntraced(function*(
   Scope.Scope | Reactivity.Reactivity
 > {
   const resolved = yield* PoolConfig.resolve(options)
-  const engine = yield* Engine.make(PgConnector.make(resolved.connection), { ...resolved, connectRetry })
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const log = (effect: Effect.Effect<void>) => void runFork(Effect.annotateLogs(effect, { pool: resolved.name }))
+  const engine = yield* Engine.make(PgConnector.make(resolved.connection), {
+    ...resolved,
+    connectRetry: backoff(resolved.connectRetryBase, resolved.connectRetryMax),
+    probeRetry: Schedule.spaced(Duration.millis(resolved.circuitProbeInterval)).pipe(Schedule.jittered),
+    events: {
+      leaked: (heldMillis, origin) =>
+        log(Effect.logWarning(`A connection has been held for ${heldMillis} ms (leakDetectionThreshold); taken at: ${origin ?? "unknown"}`)),
+      circuitOpened: (reason) => log(Effect.logWarning(`Circuit opened: ${reason}; callers now fail fast`)),
+      circuitClosed: (downMillis) => log(Effect.logInfo(`Circuit closed: the database answers again after ${downMillis} ms`))
+    }
+  })
   const sql = yield* SqlClientImpl.make(engine, resolved)
   const { connection: _, ...visible } = resolved
   const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
@@ -96,7 +112,11 @@ const layerFrom = <E, R>(options: Effect.Effect<PoolConfig.Options, E, R>) =>
   Layer.effectContext(
     Effect.gen(function*() {
       const { pool, sql } = yield* make(yield* options)
-      return Context.make(Pool, pool).pipe(Context.add(SqlClient.SqlClient, sql))
+      const { retryAttempts, retryBase, retryMax } = pool.options
+      return Context.make(Pool, pool).pipe(
+        Context.add(SqlClient.SqlClient, sql),
+        Context.add(Retry.CurrentPolicy, { attempts: retryAttempts, base: retryBase, max: retryMax })
+      )
     })
   ).pipe(Layer.provide(Reactivity.layer))
 

@@ -85,12 +85,42 @@ export interface Options {
   readonly maxUses?: number | undefined
   /** Longest one connection attempt may take. Default 5 s. */
   readonly connectTimeout?: Duration.Input | undefined
+  /**
+   * Longest the client waits for a statement's answer before it gives up,
+   * cancels, closes the connection and fails with `QueryTimeoutError`: the way
+   * to notice a network partition. For slow queries prefer PostgreSQL's
+   * `statement_timeout`. `"Infinity"` for none. Default none.
+   */
+  readonly queryTimeout?: Duration.Input | undefined
   /** How long start-up retries before failing with `DatabaseUnavailableError`. Default 30 s. */
   readonly initializationTimeout?: Duration.Input | undefined
   /** How long closing waits for lent connections to come back before closing them anyway. Default 10 s. */
   readonly shutdownTimeout?: Duration.Input | undefined
   /** How often idle connections are checked for `idleTimeout` and `maxLifetime`, and `min` refilled. Default 5 s. */
   readonly housekeepingInterval?: Duration.Input | undefined
+
+  /** First pause between failed connection attempts; it doubles (with jitter) up to `connectRetryMax`. Default 50 ms. */
+  readonly connectRetryBase?: Duration.Input | undefined
+  /** Longest pause between failed connection attempts. Default 5 s. */
+  readonly connectRetryMax?: Duration.Input | undefined
+  /** A connection idle longer than this is proved with a round trip before it is lent. Default 1 s. */
+  readonly validationThreshold?: Duration.Input | undefined
+  /** Longest that proof may take before the connection counts as dead. Default 2 s. */
+  readonly validationTimeout?: Duration.Input | undefined
+  /** Idle connections are pinged this often (less up to a tenth), so nothing drops them unseen; `"Infinity"` for never. Default 60 s. */
+  readonly keepaliveInterval?: Duration.Input | undefined
+  /** A connection held alone longer than this is reported once, with where it was taken; `"Infinity"` for off. Default off. */
+  readonly leakDetectionThreshold?: Duration.Input | undefined
+  /** Failed connection attempts in a row, with no connection left, that open the circuit. Default 3. */
+  readonly circuitBreakerThreshold?: number | undefined
+  /** How often the probe tries to connect while the circuit is open. Default 1 s. */
+  readonly circuitProbeInterval?: Duration.Input | undefined
+  /** Attempts `Retry.idempotent` and `Retry.transaction` make in all. Default 4. */
+  readonly retryAttempts?: number | undefined
+  /** First pause between those attempts; it doubles (with jitter) up to `retryMax`. Default 20 ms. */
+  readonly retryBase?: Duration.Input | undefined
+  /** Longest pause between those attempts. Default 1 s. */
+  readonly retryMax?: Duration.Input | undefined
 
   /** Use named prepared statements (cached per connection). Default true. */
   readonly prepare?: boolean | undefined
@@ -170,9 +200,21 @@ export interface Resolved {
   readonly maxLifetimeJitter: number
   readonly maxUses: number
   readonly connectTimeout: number
+  readonly queryTimeout: number
   readonly initializationTimeout: number
   readonly shutdownTimeout: number
   readonly housekeepingInterval: number
+  readonly connectRetryBase: number
+  readonly connectRetryMax: number
+  readonly validationThreshold: number
+  readonly validationTimeout: number
+  readonly keepaliveInterval: number
+  readonly leakDetectionThreshold: number
+  readonly circuitBreakerThreshold: number
+  readonly circuitProbeInterval: number
+  readonly retryAttempts: number
+  readonly retryBase: number
+  readonly retryMax: number
   readonly prepare: boolean
   readonly transformResultNames: ((name: string) => string) | undefined
   readonly transformQueryNames: ((name: string) => string) | undefined
@@ -209,9 +251,21 @@ export const defaults = {
   maxLifetimeJitter: 0.1,
   maxUses: Infinity,
   connectTimeout: 5_000,
+  queryTimeout: Infinity,
   initializationTimeout: 30_000,
   shutdownTimeout: 10_000,
   housekeepingInterval: 5_000,
+  connectRetryBase: 50,
+  connectRetryMax: 5_000,
+  validationThreshold: 1_000,
+  validationTimeout: 2_000,
+  keepaliveInterval: 60_000,
+  leakDetectionThreshold: Infinity,
+  circuitBreakerThreshold: 3,
+  circuitProbeInterval: 1_000,
+  retryAttempts: 4,
+  retryBase: 20,
+  retryMax: 1_000,
   prepare: true,
   preparedStatementCacheSize: 100,
   tenantSetting: "app.tenant_id",
@@ -508,6 +562,24 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
     const housekeepingInterval = check(
       durationMillis("housekeepingInterval", options.housekeepingInterval, defaults.housekeepingInterval)
     )
+    const duration = (field: keyof Options & keyof typeof defaults, infinite = false) =>
+      check(durationMillis(field, options[field] as Duration.Input | undefined, defaults[field] as number, { infinite }))
+    const connectRetryBase = duration("connectRetryBase")
+    const connectRetryMax = duration("connectRetryMax")
+    if (connectRetryBase > connectRetryMax) check(bad("connectRetryBase", connectRetryBase, "must not exceed connectRetryMax"))
+    const queryTimeout = duration("queryTimeout", true)
+    const validationThreshold = duration("validationThreshold")
+    const validationTimeout = duration("validationTimeout")
+    const keepaliveInterval = duration("keepaliveInterval", true)
+    const leakDetectionThreshold = duration("leakDetectionThreshold", true)
+    const circuitBreakerThreshold = check(
+      integer("circuitBreakerThreshold", options.circuitBreakerThreshold, defaults.circuitBreakerThreshold, 1)
+    )
+    const circuitProbeInterval = duration("circuitProbeInterval")
+    const retryAttempts = check(integer("retryAttempts", options.retryAttempts, defaults.retryAttempts, 1))
+    const retryBase = duration("retryBase")
+    const retryMax = duration("retryMax")
+    if (retryBase > retryMax) check(bad("retryBase", retryBase, "must not exceed retryMax"))
 
     const tenantSetting = options.tenantSetting ?? defaults.tenantSetting
     if (typeof tenantSetting !== "string" || !settingName.test(tenantSetting) || tenantSetting.length > 63) {
@@ -567,9 +639,21 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       maxLifetimeJitter: jitter,
       maxUses,
       connectTimeout,
+      queryTimeout,
       initializationTimeout,
       shutdownTimeout,
       housekeepingInterval,
+      connectRetryBase,
+      connectRetryMax,
+      validationThreshold,
+      validationTimeout,
+      keepaliveInterval,
+      leakDetectionThreshold,
+      circuitBreakerThreshold,
+      circuitProbeInterval,
+      retryAttempts,
+      retryBase,
+      retryMax,
       prepare: options.prepare ?? defaults.prepare,
       transformResultNames: options.transformResultNames,
       transformQueryNames: options.transformQueryNames,
@@ -627,9 +711,21 @@ export const environment = {
   maxLifetimeJitter: "PGPOOL_MAX_LIFETIME_JITTER",
   maxUses: "PGPOOL_MAX_USES",
   connectTimeout: "PGPOOL_CONNECT_TIMEOUT",
+  queryTimeout: "PGPOOL_QUERY_TIMEOUT",
   initializationTimeout: "PGPOOL_INITIALIZATION_TIMEOUT",
   shutdownTimeout: "PGPOOL_SHUTDOWN_TIMEOUT",
   housekeepingInterval: "PGPOOL_HOUSEKEEPING_INTERVAL",
+  connectRetryBase: "PGPOOL_CONNECT_RETRY_BASE",
+  connectRetryMax: "PGPOOL_CONNECT_RETRY_MAX",
+  validationThreshold: "PGPOOL_VALIDATION_THRESHOLD",
+  validationTimeout: "PGPOOL_VALIDATION_TIMEOUT",
+  keepaliveInterval: "PGPOOL_KEEPALIVE_INTERVAL",
+  leakDetectionThreshold: "PGPOOL_LEAK_DETECTION_THRESHOLD",
+  circuitBreakerThreshold: "PGPOOL_CIRCUIT_BREAKER_THRESHOLD",
+  circuitProbeInterval: "PGPOOL_CIRCUIT_PROBE_INTERVAL",
+  retryAttempts: "PGPOOL_RETRY_ATTEMPTS",
+  retryBase: "PGPOOL_RETRY_BASE",
+  retryMax: "PGPOOL_RETRY_MAX",
   prepare: "PGPOOL_PREPARE",
   tenantSetting: "PGPOOL_TENANT_SETTING",
   requireTenant: "PGPOOL_REQUIRE_TENANT",
@@ -657,7 +753,9 @@ const numericOptions: ReadonlySet<string> = new Set([
   "tenantMaxLength",
   "defaultTenantWeight",
   "tenantMaxInUse",
-  "tenantMaxQueued"
+  "tenantMaxQueued",
+  "circuitBreakerThreshold",
+  "retryAttempts"
 ])
 const booleanOptions: ReadonlySet<string> = new Set(["prepare", "requireTenant"])
 const secretOptions: ReadonlySet<string> = new Set(["url", "password"])

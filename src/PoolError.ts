@@ -17,7 +17,7 @@
  */
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
-import { AuthorizationError, ConnectionError, SqlError } from "effect/sql/SqlError"
+import { AuthorizationError, ConnectionError, SqlError, StatementTimeoutError } from "effect/sql/SqlError"
 
 const TypeId = "~@meshhook/pool/PoolError" as const
 
@@ -202,6 +202,25 @@ export class TenantQuotaExceededError extends Schema.TaggedError<TenantQuotaExce
 }
 
 /**
+ * A statement got no answer within `queryTimeout`: the network may be gone
+ * (a partition swallows bytes without closing anything). The statement was
+ * cancelled where possible and its connection closed; whether it ran on the
+ * server is unknown.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class QueryTimeoutError extends Schema.TaggedError<QueryTimeoutError>()("QueryTimeoutError", {
+  /** The pool's `queryTimeout`. */
+  timeoutMillis: Schema.Number
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `No answer within queryTimeout (${this.timeoutMillis} ms); the connection was closed`
+  }
+}
+
+/**
  * Any error the pool raises on its own behalf.
  *
  * @since 0.1.0
@@ -216,6 +235,7 @@ export type PoolError =
   | InvalidTenantError
   | TenantMismatchError
   | TenantQuotaExceededError
+  | QueryTimeoutError
 
 /**
  * Whether `u` is one of the pool's errors.
@@ -234,7 +254,11 @@ export const isPoolError = (u: unknown): u is PoolError | PoolConfigError => Pre
 export const toSqlError = (error: PoolError): SqlError => {
   const props = { cause: error, message: error.message, operation: "acquire" }
   return new SqlError({
-    reason: isTenantError(error) ? new AuthorizationError(props) : new ConnectionError(props)
+    reason: isTenantError(error)
+      ? new AuthorizationError(props)
+      : error._tag === "QueryTimeoutError"
+      ? new StatementTimeoutError({ ...props, operation: "query" })
+      : new ConnectionError(props)
   })
 }
 

@@ -19,3 +19,6 @@ export * as Tenant from "./Tenant.ts"
 
 /** How urgent a fiber's database work is: Priority.with("high"). @since 0.1.0 */
 export * as Priority from "./Priority.ts"
+
+/** Retrying what may pass: Retry.idempotent, Retry.transaction. @since 0.1.0 */
+export * as Retry from "./Retry.ts"

@@ -554,6 +554,88 @@ describe("engine", () => {
       }))
   })
 
+  describe("health", () => {
+    it.effect("opens the circuit when the database is gone: waiters and newcomers fail fast, a probe closes it", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const events: Array<string> = []
+        const pool = yield* makeEngine(script, {
+          max: 2,
+          circuitBreakerThreshold: 3,
+          events: { circuitOpened: () => events.push("open"), circuitClosed: () => events.push("closed") }
+        })
+        const held = yield* pool.acquire(alone)
+        script.failAll = connectionRefused()
+        script.kill(held.connection)
+        pool.release(held)
+        // The pool tries to replace it for the waiter; three failures with nothing left open the circuit.
+        const waiter = yield* Effect.forkChild(pool.acquire(alone))
+        yield* TestClock.adjust(300)
+        assert.deepStrictEqual(events, ["open"])
+        assert.strictEqual((yield* Effect.flip(Fiber.join(waiter)))._tag, "DatabaseUnavailableError")
+        assert.strictEqual(pool.stats().circuit, "open")
+        const fast = yield* Effect.flip(pool.acquire(alone))
+        assert.strictEqual(fast._tag, "DatabaseUnavailableError")
+        // The database comes back; the next probe succeeds and closes it.
+        script.failAll = undefined
+        yield* TestClock.adjust(1_000)
+        assert.deepStrictEqual(events, ["open", "closed"])
+        const entry = yield* pool.acquire(alone)
+        assert.isFalse(entry.connection.closed)
+        pool.release(entry)
+      }))
+
+    it.effect("proves a connection idle past validationThreshold before lending it, and replaces a dead one", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 2, validationThreshold: 1_000 })
+        const first = yield* pool.acquire(alone)
+        pool.release(first)
+        const again = yield* pool.acquire(alone)
+        assert.deepStrictEqual(script.validated, [])
+        pool.release(again)
+        yield* TestClock.adjust(1_001)
+        script.deadOnValidation.add(first.connection.id)
+        const proved = yield* pool.acquire(alone)
+        assert.deepStrictEqual(script.validated, [1])
+        assert.strictEqual(proved.connection.id, 2)
+        assert.isTrue(first.connection.closed)
+        pool.release(proved)
+      }))
+
+    it.effect("pings idle connections every keepaliveInterval and replaces the dead ones", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { min: 2, max: 2, keepaliveInterval: 10_000, housekeepingInterval: 1_000 })
+        yield* settle
+        script.deadOnValidation.add(1)
+        yield* TestClock.adjust(11_000)
+        assert.includeMembers(script.validated, [1, 2])
+        assert.isTrue(script.opened[0].closed)
+        assert.isFalse(script.opened[1].closed)
+        assert.strictEqual(pool.stats().total, 2)
+      }))
+
+    it.effect("reports a connection held past leakDetectionThreshold once, with where it was taken, and not others", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const leaks: Array<[number, string | undefined]> = []
+        const pool = yield* makeEngine(script, {
+          max: 2,
+          leakDetectionThreshold: 5_000,
+          housekeepingInterval: 1_000,
+          events: { leaked: (held, origin) => leaks.push([held, origin]) }
+        })
+        const leaked = yield* pool.acquire({ ...alone, origin: () => "the leaky handler" })
+        const returned = yield* pool.acquire(alone)
+        yield* TestClock.adjust(1_000)
+        pool.release(returned)
+        yield* TestClock.adjust(10_000)
+        assert.deepStrictEqual(leaks, [[5_000, "the leaky handler"]])
+        pool.release(leaked)
+      }))
+  })
+
   describe("shutdown", () => {
     it.effect("drains: idle connections close at once, newcomers fail, a lent one closes when it comes back", () =>
       Effect.gen(function*() {

@@ -40,6 +40,7 @@ import {
   PoolTimeoutError,
   TenantQuotaExceededError
 } from "../PoolError.ts"
+import { Circuit } from "./circuit.ts"
 import { Entry, expiryFor } from "./entry.ts"
 import { describe, isFatalConnectError } from "./sqlState.ts"
 import { Link, LinkedQueue } from "./linkedQueue.ts"
@@ -60,6 +61,20 @@ export interface Connector<C> {
   readonly onRetire: (connection: C, retire: () => void) => void
   /** Cancels whatever the connection's server session is running. */
   readonly cancel: (connection: C) => Effect.Effect<void>
+  /** A cheap round trip that proves the connection still works. */
+  readonly validate: (connection: C) => Effect.Effect<void, SqlError>
+}
+
+/**
+ * What the engine reports as it happens, for logs and metrics.
+ *
+ * @internal
+ */
+export interface EngineEvents {
+  /** A connection was held longer than `leakDetectionThreshold`; reported once per checkout. */
+  readonly leaked?: (heldMillis: number, origin: string | undefined) => void
+  readonly circuitOpened?: (reason: string) => void
+  readonly circuitClosed?: (downMillis: number) => void
 }
 
 /**
@@ -85,12 +100,21 @@ export interface EngineOptions extends
     | "shutdownTimeout"
     | "initializationTimeout"
     | "tenantMaxQueued"
+    | "validationThreshold"
+    | "validationTimeout"
+    | "keepaliveInterval"
+    | "leakDetectionThreshold"
+    | "circuitBreakerThreshold"
+    | "circuitProbeInterval"
   >
 {
+  readonly events?: EngineEvents | undefined
   /** Who is served first when callers wait. */
   readonly fairness: Scheduler.FairnessOptions
   /** Spacing of the attempts after a failed connection attempt. */
   readonly connectRetry: Schedule.Schedule<unknown, SqlError>
+  /** Spacing of the probe's attempts while the circuit is open. */
+  readonly probeRetry: Schedule.Schedule<unknown, SqlError>
   /** Source of the lifetime jitter; `Math.random` unless a test fixes it. */
   readonly random?: (() => number) | undefined
 }
@@ -112,6 +136,8 @@ export interface Stats {
   readonly creating: number
   readonly min: number
   readonly max: number
+  /** `open` while the database looks unreachable and callers fail fast. */
+  readonly circuit: "closed" | "open"
 }
 
 /** @internal */
@@ -182,6 +208,9 @@ export const make = <C>(
     const drained = Deferred.makeUnsafe<void>()
     let creating = 0
     let closed = false
+    const circuit = new Circuit(options.circuitBreakerThreshold)
+    let started = false
+    const events = options.events ?? {}
     let timeoutSweepRunning = false
     let lastConnectError: string | undefined
 
@@ -204,6 +233,9 @@ export const make = <C>(
       } else {
         entry.state = "used"
         entry.holder = request.flow
+        entry.takenAt = now()
+        entry.origin = request.origin?.()
+        entry.leakReported = false
         scheduler.acquired(request.flow)
       }
       return entry
@@ -295,7 +327,7 @@ export const make = <C>(
     /** Rule 4: open connections while the waiters need more than are being opened, or below `min`. */
     const fill = (): void => {
       while (
-        !closed && entries.size + creating < options.max && creating < options.maxConnecting &&
+        !closed && !circuit.isOpen && entries.size + creating < options.max && creating < options.maxConnecting &&
         (demand() > creating || entries.size + creating < options.min)
       ) {
         creating++
@@ -325,14 +357,48 @@ export const make = <C>(
             Effect.sync(() => {
               attempts++
               lastConnectError = describe(error)
+              // Start-up has its own deadline; the circuit guards a running pool.
+              if (started && circuit.failed(entries.size, now())) openCircuit()
+            })
+          ),
+          Effect.tap(() =>
+            Effect.sync(() => {
+              if (circuit.succeeded()) events.circuitClosed?.(now() - circuit.openedAt)
             })
           )
         ))
     )
 
+    /**
+     * The database looks unreachable: callers waiting for a new connection
+     * fail now, and one probe tries on until a connection succeeds.
+     */
+    const openCircuit = (): void => {
+      const reason = `the database is unreachable (circuit open after ${circuit.failures} failed connection attempts` +
+        (lastConnectError === undefined ? ")" : `; last: ${lastConnectError})`)
+      events.circuitOpened?.(reason)
+      failWaiters(new DatabaseUnavailableError({ reason, attempts }))
+      fork(probe, background)
+    }
+
+    const probe: Effect.Effect<void> = connectOnce.pipe(
+      Effect.retry({ schedule: options.probeRetry, while: () => !closed }),
+      Effect.matchEffect({
+        onFailure: () => Effect.void,
+        onSuccess: (opened) =>
+          Effect.sync(() => {
+            if (closed) return fork(Scope.close(opened[1], Exit.void), closing)
+            offer(admit(opened))
+            fill()
+          })
+      })
+    )
+
     const admit = ([connection, scope]: readonly [C, Scope.Closeable]): Entry<C> => {
       const createdAt = now()
       const entry = new Entry(connection, scope, createdAt, expiryFor(createdAt, options.maxLifetime, options.maxLifetimeJitter, random))
+      // Up to a tenth earlier, so that connections opened together are not all pinged together.
+      if (options.keepaliveInterval !== Infinity) entry.keepaliveAfter = options.keepaliveInterval * (1 - 0.1 * random())
       entries.add(entry)
       connector.onRetire(connection, () => retire(entry))
       return entry
@@ -463,17 +529,59 @@ export const make = <C>(
     const saturated = () =>
       Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
 
-    /** A share right now for a statement without a tenant, when one is free and nobody waits. */
-    const shareNow = (): Entry<C> | undefined =>
-      closed || waiters.size > 0 ? undefined : takeShare() ?? takeIdle(unscopedShare)
+    /**
+     * A share right now for a statement without a tenant, when one is free,
+     * nobody waits and no idle connection would need proving first.
+     */
+    const shareNow = (): Entry<C> | undefined => {
+      if (closed || waiters.size > 0) return undefined
+      const share = takeShare()
+      if (share !== undefined) return share
+      const top = idle[idle.length - 1]
+      return top === undefined || staleSince(top, now()) ? undefined : takeIdle(unscopedShare)
+    }
+
+    /** Whether a connection idle this long must prove itself before it is lent. */
+    const staleSince = (entry: Entry<C>, at: number) => at - entry.idleSince > options.validationThreshold
+
+    /**
+     * Proves a connection that sat idle too long before lending it; a dead one
+     * is closed and the caller tries again, within its own deadline.
+     */
+    const validated = (entry: Entry<C>, request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
+      connector.validate(entry.connection).pipe(
+        Effect.timeoutOption(options.validationTimeout),
+        Effect.onInterrupt(() => Effect.sync(() => invalidate(entry))),
+        Effect.flatMap((ok) => {
+          if (ok._tag === "Some") return Effect.succeed(entry)
+          invalidate(entry)
+          return acquire(request)
+        }),
+        Effect.catch(() => {
+          invalidate(entry)
+          return acquire(request)
+        })
+      )
+
+    const circuitOpenError = () =>
+      new DatabaseUnavailableError({
+        reason: `the database is unreachable (circuit open)${lastConnectError === undefined ? "" : `; last: ${lastConnectError}`}`,
+        attempts
+      })
 
     const acquire = (request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
       Effect.suspend(() => {
         if (closed) return Effect.fail(new PoolClosedError())
         if (waiters.size === 0 && scheduler.mayTake(request.flow)) {
+          const at = now()
           const entry = request.shared ? takeShare() ?? takeIdle(request) : takeIdle(request)
-          if (entry !== undefined) return Effect.succeed(entry)
+          if (entry !== undefined) {
+            return entry.state === "used" || entry.borrowers === 1
+              ? staleSince(entry, at) ? validated(entry, request) : Effect.succeed(entry)
+              : Effect.succeed(entry)
+          }
         }
+        if (circuit.isOpen) return Effect.fail(circuitOpenError())
         if (waiters.size >= options.maxWaiting) return saturated()
         if (request.flow !== "" && options.tenantMaxQueued !== Infinity) {
           const queued = scheduler.queued(request.flow)
@@ -532,8 +640,34 @@ export const make = <C>(
         if (entries.size <= options.min) break
         destroy(entry)
       }
+      for (const entry of idle.filter((e) => at - e.idleSince >= e.keepaliveAfter)) keepAlive(entry)
+      for (const entry of entries) {
+        if (entry.state === "used" && !entry.leakReported && at - entry.takenAt >= options.leakDetectionThreshold) {
+          entry.leakReported = true
+          events.leaked?.(at - entry.takenAt, entry.origin)
+        }
+      }
       fill()
     })
+
+    /**
+     * Pings a connection idle for its keepalive interval, so that servers,
+     * poolers and firewalls do not drop it unseen; a dead one is replaced.
+     */
+    const keepAlive = (entry: Entry<C>): void => {
+      idle.splice(idle.indexOf(entry), 1)
+      entry.state = "used"
+      fork(
+        connector.validate(entry.connection).pipe(
+          Effect.timeoutOption(options.validationTimeout),
+          Effect.matchEffect({
+            onFailure: () => Effect.sync(() => invalidate(entry)),
+            onSuccess: (ok) => Effect.sync(() => ok._tag === "Some" ? release(entry) : invalidate(entry))
+          })
+        ),
+        background
+      )
+    }
 
     const stats = (): Stats => ({
       total: entries.size,
@@ -542,7 +676,8 @@ export const make = <C>(
       pending: waiters.size,
       creating,
       min: options.min,
-      max: options.max
+      max: options.max,
+      circuit: circuit.state
     })
 
     const shutdown = Effect.gen(function*() {
@@ -577,6 +712,7 @@ export const make = <C>(
       })
     )
     offer(admit(first))
+    started = true
     fill()
     fork(Effect.forever(Effect.andThen(Effect.sleep(options.housekeepingInterval), housekeep)), background)
     return { acquire, shareNow, release, invalidate, abandon, stats, shutdown } satisfies Engine<C>

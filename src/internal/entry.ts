@@ -33,6 +33,13 @@ export class Entry<C> {
   idleSince: number
   /** Set when the driver says it must not be reused while it is lent out. */
   broken = false
+  /** When it was last lent alone, for leak detection. */
+  takenAt = 0
+  /** Where it was last taken (span, stack), when leak detection is on. */
+  origin: string | undefined = undefined
+  leakReported = false
+  /** Idle time after which the housekeeper pings it (keepalive, with jitter). */
+  keepaliveAfter = Infinity
 
   constructor(connection: C, scope: Scope.Closeable, createdAt: number, expiresAt: number) {
     this.connection = connection

@@ -18,7 +18,7 @@
  * @internal
  */
 import * as PgConnection from "@effect/sql-pg/PgConnection"
-import type * as Effect from "effect/Effect"
+import * as Effect from "effect/Effect"
 import type { Connector } from "./engine.ts"
 
 /** The property under which the driver keeps a connection's internals (`src/internal/connection.ts`). */
@@ -55,5 +55,6 @@ export const make = (config: PgConnection.Config): Connector<PgConnection.PgConn
   onRetire: (connection, retire) => {
     driverInternals(connection).retireHooks.add(retire)
   },
-  cancel
+  cancel,
+  validate: (connection) => Effect.asVoid(connection.query("SELECT 1"))
 })

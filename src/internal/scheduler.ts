@@ -29,6 +29,8 @@ export interface Request {
   readonly priority: Priority
   /** A share of a connection for one autocommit statement, rather than a connection alone. */
   readonly shared: boolean
+  /** Where the caller is (span, stack), for leak reports; asked only when leak detection is on. */
+  readonly origin?: (() => string) | undefined
 }
 
 /** A waiting caller, as the scheduler sees it. @internal */

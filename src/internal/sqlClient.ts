@@ -19,9 +19,11 @@
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
 import type { Reactivity } from "effect/reactivity/Reactivity"
 import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
@@ -30,6 +32,7 @@ import type { Connection } from "effect/sql/SqlConnection"
 import { SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import type * as PoolConfig from "../PoolConfig.ts"
 import * as PoolError from "../PoolError.ts"
 import * as Priority from "../Priority.ts"
@@ -45,6 +48,17 @@ type Values = ReadonlyArray<ReadonlyArray<unknown>>
 
 const setTenantSql = "SELECT set_config($1, $2, true)"
 const beginText = /^\s*(?:begin|start\s+transaction)\b/i
+const unwindText = /^\s*(?:rollback|release)\b/i
+const unwoundResult: PgConnection.Result = { command: "ROLLBACK", rowCount: 0, oid: null, rows: [], fields: [] }
+
+/** What a lease needs from the pool's options. */
+interface LeaseSettings {
+  readonly tenantSetting: string
+  readonly queryTimeout: number
+}
+
+const queryTimedOut = (timeoutMillis: number) =>
+  PoolError.toSqlError(new PoolError.QueryTimeoutError({ timeoutMillis }))
 
 const isBegin = (result: PgConnection.Result) => result.command === "BEGIN" || result.command === "START"
 
@@ -96,16 +110,18 @@ const commit = (connection: Connection): Effect.Effect<void, SqlError> =>
 class Lease implements Connection {
   readonly entry: PgEntry
   readonly scope: Tenant.Scope
-  readonly tenantSetting: string
+  readonly settings: LeaseSettings
   readonly checkScope: boolean
   inTransaction = false
   /** A statement may have set session state. */
   suspect = false
+  /** A statement got no answer in time: the connection's state is unknown. */
+  timedOut = false
 
-  constructor(entry: PgEntry, scope: Tenant.Scope, tenantSetting: string, checkScope: boolean) {
+  constructor(entry: PgEntry, scope: Tenant.Scope, settings: LeaseSettings, checkScope: boolean) {
     this.entry = entry
     this.scope = scope
-    this.tenantSetting = tenantSetting
+    this.settings = settings
     this.checkScope = checkScope
   }
 
@@ -124,26 +140,35 @@ class Lease implements Connection {
     return result
   }
 
-  private readonly cancelOnInterrupt = <A>(effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
-    Effect.onInterrupt(effect, () => cancel(this.entry.connection))
+  /**
+   * A statement on the wire: cancelled on the server if its caller is
+   * interrupted, and given up after `queryTimeout`, which condemns the lease.
+   */
+  private readonly onWire = <A>(effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> => {
+    const cancellable = Effect.onInterrupt(effect, () => cancel(this.entry.connection))
+    return this.settings.queryTimeout === Infinity ? cancellable : Effect.timeoutOrElse(cancellable, {
+      duration: this.settings.queryTimeout,
+      orElse: () =>
+        Effect.suspend(() => {
+          this.timedOut = true
+          return Effect.fail(queryTimedOut(this.settings.queryTimeout))
+        })
+    })
+  }
 
   /** One statement on the wire, noted, cancelled on the server if its caller is interrupted. */
   submit(sql: string, params: ReadonlyArray<unknown>, prepare = true): Effect.Effect<PgConnection.Result, SqlError> {
-    return this.cancelOnInterrupt(
-      Effect.map(this.entry.connection.query(sql, params, prepare), (result) => this.note(result, sql))
-    )
+    return this.onWire(Effect.map(this.entry.connection.query(sql, params, prepare), (result) => this.note(result, sql)))
   }
 
   /** As `submit`, for the pool's own statements (transaction control, the tenant's set). */
   private control(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<PgConnection.Result, SqlError> {
-    return this.cancelOnInterrupt(
-      Effect.map(this.entry.connection.query(sql, params), (result) => this.note(result, undefined))
-    )
+    return this.onWire(Effect.map(this.entry.connection.query(sql, params), (result) => this.note(result, undefined)))
   }
 
 
   private get setTenant(): Effect.Effect<PgConnection.Result, SqlError> | undefined {
-    return this.scope._tag === "Tenant" ? this.control(setTenantSql, [this.tenantSetting, this.scope.id]) : undefined
+    return this.scope._tag === "Tenant" ? this.control(setTenantSql, [this.settings.tenantSetting, this.scope.id]) : undefined
   }
 
   /** Refuses a statement whose fiber asks for another tenant than this lease serves. */
@@ -162,8 +187,21 @@ class Lease implements Connection {
     })
   }
 
-  /** A statement; a `BEGIN` under a tenant goes out together with the tenant's set. */
+  /**
+   * A statement; a `BEGIN` under a tenant goes out together with the
+   * tenant's set. Unwinding (`ROLLBACK`, `RELEASE`) on a lost connection
+   * succeeds: the server drops the transaction with the connection, and
+   * `effect/sql` would otherwise turn the failure into a defect that no
+   * retry can see. The lease stays in its transaction, so it is closed.
+   */
   private query(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
+    if (unwindText.test(sql)) {
+      return Effect.catchIf(
+        this.submit(sql, params, prepare),
+        (error) => error.reason._tag === "ConnectionError",
+        () => Effect.succeed(unwoundResult)
+      )
+    }
     const setTenant = this.setTenant
     if (setTenant === undefined) return this.guard(this.submit(sql, params, prepare))
     if (beginText.test(sql)) {
@@ -181,7 +219,7 @@ class Lease implements Connection {
   /** As `submit`, for positional rows; the driver returns no command tag for them, so only the text is judged. */
   submitValues(sql: string, params: ReadonlyArray<unknown>, prepare: boolean): Effect.Effect<Values, SqlError> {
     if (!this.suspect && SessionState.isSuspectText(sql)) this.suspect = true
-    return this.cancelOnInterrupt(this.entry.connection.queryValues(sql, params, prepare))
+    return this.onWire(this.entry.connection.queryValues(sql, params, prepare))
   }
 
   private rows(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined, prepare: boolean) {
@@ -259,9 +297,9 @@ export const make = (
       })
     )
 
-  /** Takes the lease back: closed if inside a transaction, checked if it may carry session state. */
+  /** Takes the lease back: closed if inside a transaction or timed out, checked if it may carry session state. */
   const giveBack = (lease: Lease): Effect.Effect<void> | undefined => {
-    if (lease.inTransaction) {
+    if (lease.inTransaction || lease.timedOut) {
       engine.invalidate(lease.entry)
       return undefined
     }
@@ -291,6 +329,24 @@ export const make = (
     }
   )
 
+  const detectLeaks = options.leakDetectionThreshold !== Infinity
+
+  /**
+   * Where a caller is, for leak reports: its span (name, trace) and the
+   * JavaScript stack, taken when it asks (the connection may be handed over
+   * later, from another fiber's stack).
+   */
+  const originOf = (fiber: Fiber.Fiber<unknown, unknown>): () => string => {
+    const stack = new Error("taken here").stack?.split("\n").slice(2, 14).join("\n") ?? ""
+    return () => {
+      const span = Context.getOrUndefined(fiber.context, Tracer.ParentSpan)
+      const where = span === undefined
+        ? "no span"
+        : `span ${span._tag === "Span" ? `"${span.name}" ` : ""}trace ${span.traceId} span ${span.spanId}`
+      return `${where}\n${stack}`
+    }
+  }
+
   /** Takes a connection (or a share) for the caller, in its tenant's turn and its fiber's priority. */
   const acquire = (scope: Tenant.Scope, shared: boolean): Effect.Effect<PgEntry, SqlError> =>
     Effect.withFiber((fiber) =>
@@ -298,7 +354,8 @@ export const make = (
         engine.acquire({
           flow: scope._tag === "Tenant" ? scope.id : "",
           priority: fiber.getRef(Priority.CurrentPriority),
-          shared
+          shared,
+          origin: detectLeaks && !shared ? originOf(fiber) : undefined
         }),
         PoolError.toSqlError
       )
@@ -311,20 +368,33 @@ export const make = (
   ): Effect.Effect<A, E | SqlError, R> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(restore(acquire(scope, false)), (entry) => {
-        const lease = new Lease(entry, scope, options.tenantSetting, false)
+        const lease = new Lease(entry, scope, options, false)
         return Effect.onExitPrimitive(restore(f(lease)), () => giveBack(lease), true)
       })
     )
 
-  /** Runs one autocommit statement on a share of a connection. */
+  /**
+   * Runs one autocommit statement on a share of a connection. A statement
+   * whose caller leaves, or that gets no answer within `queryTimeout`, is
+   * abandoned: the engine cancels it once nobody else's statement shares the
+   * connection, then closes the connection.
+   */
   const onShare = <A>(run: (connection: PgConnection.PgConnection) => Effect.Effect<A, SqlError>) =>
     Effect.uninterruptibleMask((restore) => {
+      const timed = (connection: PgConnection.PgConnection) =>
+        options.queryTimeout === Infinity
+          ? Effect.map(run(connection), Option.some)
+          : Effect.timeoutOption(run(connection), options.queryTimeout)
       const runOn = (entry: PgEntry) =>
-        Effect.onExitPrimitive(restore(run(entry.connection)), (exit) => {
-          if (Exit.hasInterrupts(exit)) engine.abandon(entry)
+        Effect.onExitPrimitive(restore(timed(entry.connection)), (exit) => {
+          if (Exit.hasInterrupts(exit) || (Exit.isSuccess(exit) && exit.value._tag === "None")) engine.abandon(entry)
           else engine.release(entry)
           return undefined
-        }, true)
+        }, true).pipe(
+          Effect.flatMap((answer) =>
+            answer._tag === "Some" ? Effect.succeed(answer.value) : Effect.fail(queryTimedOut(options.queryTimeout))
+          )
+        )
       // Most statements find a share free: no waiting, no extra steps.
       const entry = engine.shareNow()
       return entry !== undefined ? runOn(entry) : Effect.flatMap(restore(acquire(Tenant.none, true)), runOn)
@@ -397,7 +467,7 @@ export const make = (
     return Effect.flatMap(callerScope, (scope) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(acquire(scope, false)), (entry) => {
-          const leased = new Lease(entry, scope, options.tenantSetting, true)
+          const leased = new Lease(entry, scope, options, true)
           const giveBackOnClose = Effect.addFinalizer(() => giveBack(leased) ?? Effect.void)
           if (!openTransaction || scope._tag !== "Tenant") return Effect.as(giveBackOnClose, leased)
           return giveBackOnClose.pipe(

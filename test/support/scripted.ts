@@ -36,6 +36,10 @@ export interface Script {
   failAll: SqlError | undefined
   /** Connections the engine cancelled, by id. */
   readonly cancelled: Array<number>
+  /** Connections the engine validated (checkout after idling, keepalive), by id. */
+  readonly validated: Array<number>
+  /** Connections that fail validation, by id: dead without the driver having noticed. */
+  readonly deadOnValidation: Set<number>
   /** Reports the connection dead, as the driver does for a killed backend. */
   readonly kill: (connection: FakeConnection) => void
 }
@@ -68,6 +72,8 @@ export const makeScript = (): Script => {
     failures: [],
     failAll: undefined,
     cancelled: [],
+    validated: [],
+    deadOnValidation: new Set(),
     kill: (connection) => connection.retire?.(),
     connector: {
       connect: Effect.gen(function*() {
@@ -90,7 +96,14 @@ export const makeScript = (): Script => {
       onRetire: (connection, retire) => {
         connection.retire = retire
       },
-      cancel: (connection) => Effect.sync(() => void script.cancelled.push(connection.id))
+      cancel: (connection) => Effect.sync(() => void script.cancelled.push(connection.id)),
+      validate: (connection) =>
+        Effect.suspend(() => {
+          script.validated.push(connection.id)
+          return connection.closed || script.deadOnValidation.has(connection.id)
+            ? Effect.fail(connectionRefused())
+            : Effect.void
+        })
     }
   }
   return script
@@ -112,6 +125,13 @@ export const testOptions = (overrides: Partial<Engine.EngineOptions> = {}): Engi
   shutdownTimeout: 5_000,
   initializationTimeout: 30_000,
   connectRetry: Schedule.spaced(100),
+  probeRetry: Schedule.spaced(1_000),
+  validationThreshold: Infinity,
+  validationTimeout: 2_000,
+  keepaliveInterval: Infinity,
+  leakDetectionThreshold: Infinity,
+  circuitBreakerThreshold: 3,
+  circuitProbeInterval: 1_000,
   fairness: { mode: "fifo", priorityWeights: { high: 4, normal: 2, low: 1 }, tenantWeight: () => 1, tenantMaxInUse: Infinity },
   tenantMaxQueued: Infinity,
   ...overrides

@@ -1,0 +1,287 @@
+/**
+ * The fault suite: the pool under killed backends, a database restart, a
+ * network blackhole, slow connects, interruptions and statement timeouts, and
+ * leaked connections, each against a real server. Recovery times are printed
+ * and checked against generous bounds only.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import type * as Scope from "effect/Scope"
+import * as SqlClient from "effect/sql/SqlClient"
+import { SqlError } from "effect/sql/SqlError"
+import * as Pool from "../src/Pool.ts"
+import type * as PoolConfig from "../src/PoolConfig.ts"
+import * as PoolError from "../src/PoolError.ts"
+import * as Retry from "../src/Retry.ts"
+import * as FaultProxy from "../src/testing/FaultProxy.ts"
+import * as PgServer from "../src/testing/PgServer.ts"
+import { admin, databaseUrl, eventually, uniqueName } from "./support/pg.ts"
+
+/** The name of a failure, for the tally of what callers saw: the pool's error or the SQL reason. */
+const failureName = (exit: Exit.Exit<unknown, unknown>): string => {
+  const error = Exit.findErrorOption(exit)
+  if (error._tag === "None") return Exit.hasInterrupts(exit) ? "interrupted" : "defect"
+  if (!(error.value instanceof SqlError)) return "untyped"
+  return PoolError.fromSqlError(error.value)?._tag ?? error.value.reason._tag
+}
+
+const tally = (names: ReadonlyArray<string>) =>
+  names.reduce((counts, name) => ({ ...counts, [name]: (counts[name] ?? 0) + 1 }), {} as Record<string, number>)
+
+/** Builds a pool for the duration of `use`, on its own scope. */
+const withPool = <A, E>(
+  options: PoolConfig.Options,
+  use: (
+    services: { readonly sql: SqlClient.SqlClient; readonly pool: Pool.Pool["Service"] }
+  ) => Effect.Effect<A, E, Scope.Scope>
+) =>
+  Effect.scoped(Effect.gen(function*() {
+    const context = yield* Layer.build(Pool.layer(options))
+    return yield* use({ sql: Context.get(context, SqlClient.SqlClient), pool: Context.get(context, Pool.Pool) })
+  }))
+
+describe("faults", () => {
+  it.live("backend-kill storm: acknowledged writes survive, nobody hangs, errors are typed, health returns", () => {
+    const app = uniqueName("storm")
+    const table = uniqueName("storm")
+    return withPool({ url: databaseUrl(), applicationName: app, min: 4, max: 4, acquireTimeout: 3_000 }, ({ pool, sql }) =>
+      Effect.gen(function*() {
+        const side = yield* admin
+        yield* sql`CREATE TABLE ${sql(table)} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)`
+        const acknowledged: Array<string> = []
+        const failures: Array<string> = []
+        let running = true
+        const writer = Effect.gen(function*() {
+          while (running) {
+            const exit = yield* Effect.exit(sql<{ id: string }>`INSERT INTO ${sql(table)} (v) VALUES (1) RETURNING id::text`)
+            if (Exit.isSuccess(exit)) acknowledged.push(exit.value[0].id)
+            else failures.push(failureName(exit))
+          }
+        })
+        const writers = yield* Effect.forkChild(Effect.all(Array.from({ length: 16 }, () => writer), {
+          concurrency: "unbounded",
+          discard: true
+        }))
+        let kills = 0
+        for (let round = 0; round < 15; round++) {
+          yield* Effect.sleep(200)
+          const killed = yield* side.query(
+            "SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1",
+            [app]
+          )
+          kills += killed.rows[0].n as number
+        }
+        const stormOver = Date.now()
+        running = false
+        const finished = yield* Effect.timeoutOption(Fiber.await(writers), 10_000)
+        assert.isTrue(finished._tag === "Some", "every writer finished")
+        const healthy = yield* eventually(
+          Effect.map(Effect.exit(Effect.andThen(sql`SELECT 1`, pool.stats)), (exit) => Exit.isSuccess(exit) && exit.value.total === 4),
+          5_000
+        )
+        const recoveryMillis = Date.now() - stormOver
+        console.log(`kill storm: ${kills} backends killed, ${acknowledged.length} writes acknowledged, failures ${JSON.stringify(tally(failures))}, healthy again ${recoveryMillis} ms after`)
+        assert.isTrue(healthy)
+        assert.isAbove(kills, 15)
+        assert.isAbove(acknowledged.length, 100)
+        const missing = yield* side.query(
+          `SELECT count(*)::int AS n FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE t.id = a.id)`,
+          [acknowledged]
+        )
+        assert.strictEqual(missing.rows[0].n, 0, "every acknowledged write is in the database")
+        assert.deepStrictEqual(failures.filter((name) => name === "untyped" || name === "defect"), [])
+        yield* sql`DROP TABLE ${sql(table)}`
+      }))
+  }, 60_000)
+
+  it.live("database restart under load: typed errors while down, the circuit opens, and the first requests after it is back succeed", () =>
+    Effect.gen(function*() {
+      const server = yield* PgServer.make()
+      yield* withPool({
+        url: server.url(),
+        min: 2,
+        max: 4,
+        acquireTimeout: 2_000,
+        circuitProbeInterval: 200,
+        connectTimeout: 1_000
+      }, ({ pool, sql }) =>
+        Effect.gen(function*() {
+          const seen: Array<string> = []
+          let running = true
+          const loop = Effect.gen(function*() {
+            while (running) {
+              const exit = yield* Effect.exit(sql`SELECT 1`)
+              seen.push(Exit.isSuccess(exit) ? "ok" : failureName(exit))
+              if (Exit.isFailure(exit)) yield* Effect.sleep(20)
+            }
+          })
+          const loops = yield* Effect.forkChild(Effect.all(Array.from({ length: 8 }, () => loop), {
+            concurrency: "unbounded",
+            discard: true
+          }))
+          yield* Effect.sleep(300)
+          yield* server.stop
+          assert.isTrue(yield* eventually(Effect.map(pool.stats, (s) => s.circuit === "open"), 10_000), "the circuit opened")
+          // While it is open, a caller fails at once instead of waiting out acquireTimeout.
+          const started = Date.now()
+          const fast = yield* Effect.exit(sql`SELECT 1`)
+          const failFastMillis = Date.now() - started
+          assert.strictEqual(failureName(fast), "DatabaseUnavailableError")
+          assert.isBelow(failFastMillis, 1_000)
+          const downFailures = seen.filter((name) => name !== "ok")
+          yield* server.start
+          const back = Date.now()
+          const recovered = yield* eventually(Effect.map(Effect.exit(sql`SELECT 1`), Exit.isSuccess), 10_000)
+          const recoveryMillis = Date.now() - back
+          running = false
+          yield* Fiber.join(loops)
+          console.log(`restart: failures while down ${JSON.stringify(tally(downFailures))}; failing fast in ${failFastMillis} ms; first success ${recoveryMillis} ms after the server was back`)
+          assert.isTrue(recovered)
+          assert.isBelow(recoveryMillis, 5_000)
+          assert.deepStrictEqual(downFailures.filter((name) => name === "untyped" || name === "defect"), [])
+          assert.isTrue(downFailures.includes("DatabaseUnavailableError"))
+          assert.strictEqual((yield* pool.stats).circuit, "closed")
+        }))
+    }), 60_000)
+
+  it.live("network blackhole: acquisitions fail in time with typed errors; recovery when traffic flows", () =>
+    Effect.gen(function*() {
+      const url = new URL(databaseUrl())
+      const proxy = yield* FaultProxy.make({ host: url.hostname, port: Number(url.port) })
+      yield* withPool({
+        url: databaseUrl(),
+        port: proxy.port,
+        min: 2,
+        max: 2,
+        acquireTimeout: 1_000,
+        connectTimeout: 500,
+        queryTimeout: 1_000,
+        validationThreshold: 100,
+        validationTimeout: 300,
+        circuitProbeInterval: 200
+      }, ({ pool, sql }) =>
+        Effect.gen(function*() {
+          yield* sql`SELECT 1`
+          yield* Effect.sleep(200)
+          proxy.set({ blackhole: true })
+          const started = Date.now()
+          const exits = yield* Effect.all(Array.from({ length: 4 }, () => Effect.exit(sql`SELECT 1`)), {
+            concurrency: "unbounded"
+          })
+          const tookMillis = Date.now() - started
+          const names = exits.map(failureName)
+          console.log(`blackhole: callers saw ${JSON.stringify(tally(names))} within ${tookMillis} ms`)
+          assert.isTrue(
+            names.every((name) => ["PoolTimeoutError", "DatabaseUnavailableError", "QueryTimeoutError"].includes(name)),
+            names.join()
+          )
+          assert.isBelow(tookMillis, 4_000)
+          proxy.set({ blackhole: false })
+          const back = Date.now()
+          assert.isTrue(yield* eventually(Effect.map(Effect.exit(sql`SELECT 1`), Exit.isSuccess), 10_000))
+          console.log(`blackhole: first success ${Date.now() - back} ms after traffic flowed again`)
+          assert.strictEqual((yield* pool.stats).circuit, "closed")
+        }))
+    }), 30_000)
+
+  it.live("slow connects and a spike of 50 callers: far fewer connections than callers, nobody past the deadline", () =>
+    Effect.gen(function*() {
+      const url = new URL(databaseUrl())
+      const proxy = yield* FaultProxy.make({ host: url.hostname, port: Number(url.port) })
+      yield* withPool({ url: databaseUrl(), port: proxy.port, min: 0, max: 50, acquireTimeout: 5_000 }, ({ sql }) =>
+        Effect.gen(function*() {
+          proxy.set({ connectDelay: 150 })
+          const opened = proxy.accepted()
+          const exits = yield* Effect.all(
+            Array.from({ length: 50 }, () => Effect.exit(sql`SELECT pg_sleep(0.002)`)),
+            { concurrency: "unbounded" }
+          )
+          const connections = proxy.accepted() - opened
+          console.log(`slow connect spike: 50 callers served with ${connections} new connections`)
+          assert.isTrue(exits.every(Exit.isSuccess))
+          assert.isAtMost(connections, 10)
+        }))
+    }), 30_000)
+
+  it.live("interrupts and statement timeouts mid-query and mid-transaction leave no dirty connection", () =>
+    withPool({ url: databaseUrl(), max: 1 }, ({ sql }) =>
+      Effect.gen(function*() {
+        const state = Effect.map(
+          sql<{ xid: string | null; timeout: string }>`
+            SELECT pg_current_xact_id_if_assigned()::text AS xid, current_setting('statement_timeout') AS timeout`,
+          ([row]) => row
+        )
+        const clean = { xid: null, timeout: "0" }
+        const timedOut = yield* Effect.exit(sql.withTransaction(Effect.gen(function*() {
+          yield* sql`SET LOCAL statement_timeout = 50`
+          yield* sql`SELECT pg_sleep(1)`
+        })))
+        assert.isTrue(Exit.isFailure(timedOut))
+        assert.deepStrictEqual(yield* state, clean)
+        const interruptedTx = yield* Effect.forkChild(sql.withTransaction(
+          Effect.andThen(sql`SELECT txid_current()`, sql`SELECT pg_sleep(5)`)
+        ))
+        yield* Effect.sleep(100)
+        yield* Fiber.interrupt(interruptedTx)
+        assert.deepStrictEqual(yield* state, clean)
+        yield* Effect.exit(Effect.timeout(sql`SELECT pg_sleep(5)`, 100))
+        assert.deepStrictEqual(yield* state, clean)
+        const sessionTimeout = yield* Effect.exit(Effect.scoped(Effect.flatMap(sql.reserve, (conn) =>
+          Effect.andThen(conn.executeRaw("SET statement_timeout = 50", []), conn.executeRaw("SELECT pg_sleep(1)", [])))))
+        assert.isTrue(Exit.isFailure(sessionTimeout))
+        assert.deepStrictEqual(yield* state, clean)
+      })), 30_000)
+
+  it.live("leak detection reports a connection held too long, once, and not a normal one", () => {
+    const warnings: Array<string> = []
+    const capture = Logger.layer([Logger.make((options) => void warnings.push(String(options.message)))])
+    return withPool({ url: databaseUrl(), leakDetectionThreshold: 300, housekeepingInterval: 100 }, ({ sql }) =>
+      Effect.gen(function*() {
+        for (let i = 0; i < 20; i++) yield* sql`SELECT 1`
+        yield* Effect.sleep(500)
+        assert.deepStrictEqual(warnings.filter((w) => w.includes("held for")), [])
+        yield* Effect.scoped(Effect.andThen(sql.reserve, Effect.sleep(800)))
+        const leaks = warnings.filter((w) => w.includes("held for"))
+        assert.strictEqual(leaks.length, 1)
+        assert.include(leaks[0], "taken at")
+      })).pipe(Effect.provide(capture))
+  }, 30_000)
+
+  it.live("Retry.idempotent rides over a killed backend; Retry.transaction re-runs a serialization failure", () => {
+    const table = uniqueName("retry")
+    return withPool({ url: databaseUrl(), max: 2 }, ({ sql }) =>
+      Effect.gen(function*() {
+        const side = yield* admin
+        yield* sql`CREATE TABLE ${sql(table)} (k int PRIMARY KEY, v int)`
+        yield* sql`INSERT INTO ${sql(table)} VALUES (1, 0)`
+        // A statement whose backend dies under it: retried on a fresh connection.
+        let attempts = 0
+        const result = yield* Retry.idempotent(Effect.gen(function*() {
+          attempts++
+          return yield* sql.withTransaction(Effect.gen(function*() {
+            const [row] = yield* sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
+            if (attempts === 1) yield* side.query("SELECT pg_terminate_backend($1)", [row.pid])
+            return yield* sql<{ v: number }>`SELECT v FROM ${sql(table)} WHERE k = 1`
+          }))
+        }))
+        assert.strictEqual(attempts, 2)
+        assert.deepStrictEqual(result, [{ v: 0 }])
+        // Two serializable transactions that conflict: the loser is re-run and wins next time.
+        const increment = Retry.transaction(sql.withTransaction(Effect.gen(function*() {
+          const [row] = yield* sql<{ v: number }>`SELECT v FROM ${sql(table)} WHERE k = 1`
+          yield* Effect.sleep(50)
+          yield* sql`UPDATE ${sql(table)} SET v = ${row.v + 1} WHERE k = 1`
+        })).pipe(Effect.provideService(SqlClient.BeginTransaction, "BEGIN ISOLATION LEVEL SERIALIZABLE")))
+        yield* Effect.all([increment, increment], { concurrency: 2 })
+        const [final] = yield* sql<{ v: number }>`SELECT v FROM ${sql(table)} WHERE k = 1`
+        assert.strictEqual(final.v, 2)
+        yield* sql`DROP TABLE ${sql(table)}`
+      }))
+  }, 30_000)
+})
+
