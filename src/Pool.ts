@@ -31,7 +31,9 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Config from "effect/Config"
 import * as SqlClient from "effect/sql/SqlClient"
+import * as Statement from "effect/sql/Statement"
 import * as Engine from "./internal/engine.ts"
+import * as Telemetry from "./internal/telemetry.ts"
 import * as PgConnector from "./internal/pgConnector.ts"
 import * as SqlClientImpl from "./internal/sqlClient.ts"
 import * as PoolConfig from "./PoolConfig.ts"
@@ -89,20 +91,48 @@ export const make = Effect.fnUntraced(function*(
   Scope.Scope | Reactivity.Reactivity
 > {
   const resolved = yield* PoolConfig.resolve(options)
-  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const context = yield* Effect.context<never>()
+  const runFork = Effect.runForkWith(context)
   const log = (effect: Effect.Effect<void>) => void runFork(Effect.annotateLogs(effect, { pool: resolved.name }))
+  const recorder = Telemetry.make({
+    poolName: resolved.name,
+    tenantTelemetry: resolved.tenantTelemetry,
+    tenantMetricsLimit: resolved.tenantMetricsLimit,
+    context,
+    operationAttributes: {
+      "db.system.name": "postgresql",
+      "db.namespace": resolved.database,
+      "server.address": resolved.host,
+      "server.port": String(resolved.port)
+    }
+  })
   const engine = yield* Engine.make(PgConnector.make(resolved.connection), {
     ...resolved,
     connectRetry: backoff(resolved.connectRetryBase, resolved.connectRetryMax),
     probeRetry: Schedule.spaced(Duration.millis(resolved.circuitProbeInterval)).pipe(Schedule.jittered),
     events: {
-      leaked: (heldMillis, origin) =>
-        log(Effect.logWarning(`A connection has been held for ${heldMillis} ms (leakDetectionThreshold); taken at: ${origin ?? "unknown"}`)),
-      circuitOpened: (reason) => log(Effect.logWarning(`Circuit opened: ${reason}; callers now fail fast`)),
-      circuitClosed: (downMillis) => log(Effect.logInfo(`Circuit closed: the database answers again after ${downMillis} ms`))
+      acquired: recorder.acquired,
+      released: recorder.released,
+      created: recorder.created,
+      rejected: recorder.rejected,
+      leaked: (heldMillis, origin) => {
+        recorder.leaked()
+        log(Effect.logWarning(`A connection has been held for ${heldMillis} ms (leakDetectionThreshold); taken at: ${origin ?? "unknown"}`))
+      },
+      circuitOpened: (reason) => {
+        recorder.circuit(true)
+        log(Effect.logWarning(`Circuit opened: ${reason}; callers now fail fast`))
+      },
+      circuitClosed: (downMillis) => {
+        recorder.circuit(false)
+        log(Effect.logInfo(`Circuit closed: the database answers again after ${downMillis} ms`))
+      }
     }
   })
-  const sql = yield* SqlClientImpl.make(engine, resolved)
+  // The count series follow the pool's counts once a second, and drop to zero when it closes.
+  yield* Effect.addFinalizer(() => Effect.sync(() => recorder.sample({ idle: 0, used: 0, pending: 0, max: 0, min: 0 })))
+  yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sync(() => recorder.sample(engine.stats())), Effect.sleep(1_000))))
+  const sql = yield* SqlClientImpl.make(engine, resolved, recorder)
   const { connection: _, ...visible } = resolved
   const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
   return { pool, sql }
@@ -115,7 +145,9 @@ const layerFrom = <E, R>(options: Effect.Effect<PoolConfig.Options, E, R>) =>
       const { retryAttempts, retryBase, retryMax } = pool.options
       return Context.make(Pool, pool).pipe(
         Context.add(SqlClient.SqlClient, sql),
-        Context.add(Retry.CurrentPolicy, { attempts: retryAttempts, base: retryBase, max: retryMax })
+        Context.add(Retry.CurrentPolicy, { attempts: retryAttempts, base: retryBase, max: retryMax }),
+        // Statement spans become the parents of the pool's spans (connection waits) and get its attributes.
+        Context.add(Statement.SpanPropagationEnabled, true)
       )
     })
   ).pipe(Layer.provide(Reactivity.layer))

@@ -165,6 +165,11 @@ export interface Options {
   readonly tenantMaxInUse?: number | undefined
   /** Requests one tenant may have waiting; past it, `TenantQuotaExceededError`. Default `Infinity`. */
   readonly tenantMaxQueued?: number | undefined
+
+  /** How tenant ids appear in spans and metrics: `plain`, `hashed` (a stable 16-hex digest) or `off`. Default `hashed`. */
+  readonly tenantTelemetry?: "plain" | "hashed" | "off" | undefined
+  /** Distinct tenant values in the per-tenant metric series; the rest are counted as `other`. Default 100. */
+  readonly tenantMetricsLimit?: number | undefined
 }
 
 /**
@@ -226,6 +231,8 @@ export interface Resolved {
   readonly sessionCheck: SessionCheck
   readonly fairness: FairnessOptions
   readonly tenantMaxQueued: number
+  readonly tenantTelemetry: "plain" | "hashed" | "off"
+  readonly tenantMetricsLimit: number
   /** What the driver is given for each physical connection; holds the password. */
   readonly connection: PgConnection.Config
 }
@@ -277,7 +284,9 @@ export const defaults = {
   defaultTenantWeight: 1,
   priorityWeights: { high: 4, normal: 2, low: 1 },
   tenantMaxInUse: Infinity,
-  tenantMaxQueued: Infinity
+  tenantMaxQueued: Infinity,
+  tenantTelemetry: "hashed",
+  tenantMetricsLimit: 100
 } as const
 
 const maxWeight = 1000
@@ -619,6 +628,14 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       check(bad("fairness", fairnessMode, "tenantMaxInUse and tenantMaxQueued need fairness: tenant"))
     }
 
+    const tenantTelemetry = options.tenantTelemetry ?? defaults.tenantTelemetry
+    if (!["plain", "hashed", "off"].includes(tenantTelemetry)) {
+      check(bad("tenantTelemetry", tenantTelemetry, "use plain, hashed or off"))
+    }
+    const tenantMetricsLimit = check(
+      integer("tenantMetricsLimit", options.tenantMetricsLimit, defaults.tenantMetricsLimit, 0)
+    )
+
     const error = firstError()
     if (error !== undefined) return Effect.fail(error)
     return Effect.succeed<Resolved>({
@@ -669,6 +686,8 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
         tenantMaxInUse
       },
       tenantMaxQueued,
+      tenantTelemetry,
+      tenantMetricsLimit,
       connection: {
         ...ssl,
         host: host!,
@@ -737,7 +756,9 @@ export const environment = {
   defaultTenantWeight: "PGPOOL_DEFAULT_TENANT_WEIGHT",
   priorityWeights: "PGPOOL_PRIORITY_WEIGHTS",
   tenantMaxInUse: "PGPOOL_TENANT_MAX_IN_USE",
-  tenantMaxQueued: "PGPOOL_TENANT_MAX_QUEUED"
+  tenantMaxQueued: "PGPOOL_TENANT_MAX_QUEUED",
+  tenantTelemetry: "PGPOOL_TENANT_TELEMETRY",
+  tenantMetricsLimit: "PGPOOL_TENANT_METRICS_LIMIT"
 } as const
 
 /** Options read as numbers; the rest are strings, except the secrets and `prepare`. */
@@ -755,7 +776,8 @@ const numericOptions: ReadonlySet<string> = new Set([
   "tenantMaxInUse",
   "tenantMaxQueued",
   "circuitBreakerThreshold",
-  "retryAttempts"
+  "retryAttempts",
+  "tenantMetricsLimit"
 ])
 const booleanOptions: ReadonlySet<string> = new Set(["prepare", "requireTenant"])
 const secretOptions: ReadonlySet<string> = new Set(["url", "password"])

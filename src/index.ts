@@ -22,3 +22,6 @@ export * as Priority from "./Priority.ts"
 
 /** Retrying what may pass: Retry.idempotent, Retry.transaction. @since 0.1.0 */
 export * as Retry from "./Retry.ts"
+
+/** The pool's metrics, named as the OpenTelemetry database conventions say. @since 0.1.0 */
+export * as Metrics from "./Metrics.ts"

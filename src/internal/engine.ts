@@ -71,6 +71,13 @@ export interface Connector<C> {
  * @internal
  */
 export interface EngineEvents {
+  /** A caller got a connection or a share, after waiting so long (0 when one was free). */
+  readonly acquired?: (tenant: string, waitMillis: number) => void
+  /** A connection held alone came back after so long. */
+  readonly released?: (useMillis: number) => void
+  /** A connection was opened, in so long. */
+  readonly created?: (millis: number) => void
+  readonly rejected?: (reason: "saturated" | "tenant_quota" | "circuit_open" | "timeout", tenant: string) => void
   /** A connection was held longer than `leakDetectionThreshold`; reported once per checkout. */
   readonly leaked?: (heldMillis: number, origin: string | undefined) => void
   readonly circuitOpened?: (reason: string) => void
@@ -106,6 +113,7 @@ export interface EngineOptions extends
     | "leakDetectionThreshold"
     | "circuitBreakerThreshold"
     | "circuitProbeInterval"
+    | "name"
   >
 {
   readonly events?: EngineEvents | undefined
@@ -255,6 +263,7 @@ export const make = <C>(
 
     const serve = (waiter: Waiter<C>, entry: Entry<C>): void => {
       waiter.entry = checkout(entry, waiter.request)
+      events.acquired?.(waiter.request.flow, now() - waiter.enqueuedAt)
       settle(waiter, Effect.succeed(entry))
     }
 
@@ -349,8 +358,9 @@ export const make = <C>(
     let attempts = 0
     /** One connection attempt, its connection owned by a scope of its own. */
     const connectOnce: Effect.Effect<readonly [C, Scope.Closeable], SqlError> = Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(Scope.make(), (scope) =>
-        restore(Scope.provide(connector.connect, scope)).pipe(
+      Effect.flatMap(Scope.make(), (scope) => {
+        const attemptedAt = now()
+        return restore(Scope.provide(connector.connect, scope)).pipe(
           Effect.map((connection) => [connection, scope] as const),
           Effect.onError((cause) => Scope.close(scope, Exit.failCause(cause))),
           Effect.tapError((error) =>
@@ -363,10 +373,12 @@ export const make = <C>(
           ),
           Effect.tap(() =>
             Effect.sync(() => {
+              events.created?.(now() - attemptedAt)
               if (circuit.succeeded()) events.circuitClosed?.(now() - circuit.openedAt)
             })
           )
-        ))
+        )
+      })
     )
 
     /**
@@ -450,6 +462,7 @@ export const make = <C>(
       const at = now()
       if (head.deadline > at) return Effect.andThen(Effect.sleep(head.deadline - at), sweepTimeouts)
       leave(head)
+      events.rejected?.("timeout", head.request.flow)
       settle(
         head,
         Effect.fail(
@@ -526,8 +539,10 @@ export const make = <C>(
         })
       })
 
-    const saturated = () =>
-      Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
+    const saturated = (request: Scheduler.Request) => {
+      events.rejected?.("saturated", request.flow)
+      return Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
+    }
 
     /**
      * A share right now for a statement without a tenant, when one is free,
@@ -535,10 +550,14 @@ export const make = <C>(
      */
     const shareNow = (): Entry<C> | undefined => {
       if (closed || waiters.size > 0) return undefined
-      const share = takeShare()
-      if (share !== undefined) return share
-      const top = idle[idle.length - 1]
-      return top === undefined || staleSince(top, now()) ? undefined : takeIdle(unscopedShare)
+      let share = takeShare()
+      if (share === undefined) {
+        const top = idle[idle.length - 1]
+        if (top === undefined || staleSince(top, now())) return undefined
+        share = takeIdle(unscopedShare)
+      }
+      if (share !== undefined) events.acquired?.("", 0)
+      return share
     }
 
     /** Whether a connection idle this long must prove itself before it is lent. */
@@ -563,11 +582,13 @@ export const make = <C>(
         })
       )
 
-    const circuitOpenError = () =>
-      new DatabaseUnavailableError({
+    const circuitOpenError = (request: Scheduler.Request) => {
+      events.rejected?.("circuit_open", request.flow)
+      return new DatabaseUnavailableError({
         reason: `the database is unreachable (circuit open)${lastConnectError === undefined ? "" : `; last: ${lastConnectError}`}`,
         attempts
       })
+    }
 
     const acquire = (request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
       Effect.suspend(() => {
@@ -576,22 +597,30 @@ export const make = <C>(
           const at = now()
           const entry = request.shared ? takeShare() ?? takeIdle(request) : takeIdle(request)
           if (entry !== undefined) {
+            events.acquired?.(request.flow, 0)
             return entry.state === "used" || entry.borrowers === 1
               ? staleSince(entry, at) ? validated(entry, request) : Effect.succeed(entry)
               : Effect.succeed(entry)
           }
         }
-        if (circuit.isOpen) return Effect.fail(circuitOpenError())
-        if (waiters.size >= options.maxWaiting) return saturated()
+        if (circuit.isOpen) return Effect.fail(circuitOpenError(request))
+        if (waiters.size >= options.maxWaiting) return saturated(request)
         if (request.flow !== "" && options.tenantMaxQueued !== Infinity) {
           const queued = scheduler.queued(request.flow)
           if (queued >= options.tenantMaxQueued) {
+            events.rejected?.("tenant_quota", request.flow)
             return Effect.fail(
               new TenantQuotaExceededError({ limit: "tenantMaxQueued", max: options.tenantMaxQueued, tenant: request.flow })
             )
           }
         }
-        return wait(request)
+        return Effect.withSpan(wait(request), "db.client.connection.wait", {
+          kind: "internal",
+          attributes: {
+            "db.client.connection.pool.name": options.name,
+            "meshhook.pool.queue_position": waiters.size + 1
+          }
+        })
       })
 
     const release = (entry: Entry<C>): void => {
@@ -611,6 +640,7 @@ export const make = <C>(
         scheduler.released(holder)
         entry.holder = undefined
       }
+      events.released?.(now() - entry.takenAt)
       if (closed || entry.isSpent(now(), options.maxUses)) destroy(entry)
       else offer(entry)
       // The tenant under its limit again may be served from other idle connections.

@@ -55,24 +55,31 @@ const plainCommands: ReadonlySet<string> = new Set([
 const suspectText =
   /\b(?:set_config|pg_advisory_lock(?:_shared)?|pg_try_advisory_lock(?:_shared)?|dblink_connect(?:_u)?)\s*\(|\btemp(?:orary)?\b|\bwith\s+hold\b/i
 
-const textVerdicts = new Map<string, boolean>()
-const maxRemembered = 1024
-
 /**
- * Whether a statement's text may set session state. Workers repeat the same
- * statements, so the verdict is remembered per text.
+ * Remembers `f` per statement text: workers repeat the same statements, and
+ * what they look like does not change. Bounded, forgetting all when full.
  *
  * @internal
  */
-export const isSuspectText = (sql: string): boolean => {
-  let verdict = textVerdicts.get(sql)
-  if (verdict === undefined) {
-    verdict = suspectText.test(sql)
-    if (textVerdicts.size >= maxRemembered) textVerdicts.clear()
-    textVerdicts.set(sql, verdict)
+export const perText = <A>(f: (sql: string) => A): (sql: string) => A => {
+  const remembered = new Map<string, A>()
+  return (sql) => {
+    let value = remembered.get(sql)
+    if (value === undefined) {
+      value = f(sql)
+      if (remembered.size >= 1024) remembered.clear()
+      remembered.set(sql, value)
+    }
+    return value
   }
-  return verdict
 }
+
+/**
+ * Whether a statement's text may set session state.
+ *
+ * @internal
+ */
+export const isSuspectText: (sql: string) => boolean = perText((sql) => suspectText.test(sql))
 
 /**
  * Whether a completed statement may have set session state: a command other
@@ -122,7 +129,6 @@ export const findings = (row: Readonly<Record<string, unknown>>): string | undef
 
 /** First words of statements that run alone in their implicit transaction and may share a connection. */
 const shareableStart = /^\s*(?:select|insert|update|delete|with|values|table|merge)\b/i
-const shareVerdicts = new Map<string, boolean>()
 
 /**
  * Whether an autocommit statement may be pipelined on a connection other
@@ -132,12 +138,14 @@ const shareVerdicts = new Map<string, boolean>()
  *
  * @internal
  */
-export const isShareable = (sql: string): boolean => {
-  let verdict = shareVerdicts.get(sql)
-  if (verdict === undefined) {
-    verdict = shareableStart.test(sql) && !isSuspectText(sql)
-    if (shareVerdicts.size >= maxRemembered) shareVerdicts.clear()
-    shareVerdicts.set(sql, verdict)
-  }
-  return verdict
-}
+export const isShareable: (sql: string) => boolean = perText((sql) => shareableStart.test(sql) && !isSuspectText(sql))
+
+/**
+ * The statement's operation for telemetry (`db.operation.name`): its first
+ * keyword, upper-cased, e.g. `SELECT`.
+ *
+ * @internal
+ */
+export const operationName: (sql: string) => string = perText((sql) =>
+  (/^\s*(?:\/\*[\s\S]*?\*\/\s*)*([A-Za-z]+)/.exec(sql)?.[1] ?? "UNKNOWN").toUpperCase()
+)

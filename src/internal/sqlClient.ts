@@ -34,6 +34,7 @@ import * as Statement from "effect/sql/Statement"
 import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
 import type * as PoolConfig from "../PoolConfig.ts"
+import { tenantAttribute } from "../Metrics.ts"
 import * as PoolError from "../PoolError.ts"
 import * as Priority from "../Priority.ts"
 import * as Tenant from "../Tenant.ts"
@@ -41,6 +42,8 @@ import type { Engine } from "./engine.ts"
 import type { Entry } from "./entry.ts"
 import { cancel } from "./pgConnector.ts"
 import * as SessionState from "./sessionState.ts"
+import { sqlStateOf } from "./sqlState.ts"
+import type { Recorder } from "./telemetry.ts"
 
 type Rows = <A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>
 type PgEntry = Entry<PgConnection.PgConnection>
@@ -49,12 +52,15 @@ type Values = ReadonlyArray<ReadonlyArray<unknown>>
 const setTenantSql = "SELECT set_config($1, $2, true)"
 const beginText = /^\s*(?:begin|start\s+transaction)\b/i
 const unwindText = /^\s*(?:rollback|release)\b/i
+const transactionControl: ReadonlySet<string> = new Set(["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"])
 const unwoundResult: PgConnection.Result = { command: "ROLLBACK", rowCount: 0, oid: null, rows: [], fields: [] }
 
-/** What a lease needs from the pool's options. */
+/** What a lease needs from the pool. */
 interface LeaseSettings {
   readonly tenantSetting: string
   readonly queryTimeout: number
+  /** Telemetry around a statement its caller sent (see `observe` in `make`). */
+  readonly observe: <A>(sql: string, scope: Tenant.Scope, effect: Effect.Effect<A, SqlError>) => Effect.Effect<A, SqlError>
 }
 
 const queryTimedOut = (timeoutMillis: number) =>
@@ -223,7 +229,11 @@ class Lease implements Connection {
   }
 
   private rows(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined, prepare: boolean) {
-    return Effect.map(this.query(sql, params, prepare), (result) => transformed(result.rows, transformRows))
+    return Effect.map(this.observed(sql, this.query(sql, params, prepare)), (result) => transformed(result.rows, transformRows))
+  }
+
+  private observed<A>(sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+    return this.settings.observe(sql, this.scope, effect)
   }
 
   execute(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined) {
@@ -233,13 +243,13 @@ class Lease implements Connection {
     return this.rows(sql, params, transformRows, false)
   }
   executeRaw(sql: string, params: ReadonlyArray<unknown>) {
-    return this.query(sql, params)
+    return this.observed(sql, this.query(sql, params))
   }
   executeValues(sql: string, params: ReadonlyArray<unknown>) {
-    return this.guard(this.submitValues(sql, params, true))
+    return this.observed(sql, this.guard(this.submitValues(sql, params, true)))
   }
   executeValuesUnprepared(sql: string, params: ReadonlyArray<unknown>) {
-    return this.guard(this.submitValues(sql, params, false))
+    return this.observed(sql, this.guard(this.submitValues(sql, params, false)))
   }
   executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined) {
     if (!this.suspect && SessionState.isSuspectText(sql)) this.suspect = true
@@ -277,8 +287,52 @@ const transformed = <A extends object>(rows: ReadonlyArray<A>, transformRows: Ro
 /** @internal */
 export const make = (
   engine: Engine<PgConnection.PgConnection>,
-  options: PoolConfig.Resolved
+  options: PoolConfig.Resolved,
+  recorder: Recorder
 ): Effect.Effect<SqlClient.SqlClient, never, Reactivity> => {
+  /**
+   * Telemetry for one statement as its caller sees it: `db.operation.name`
+   * and the tenant (as `tenantTelemetry` says) on the statement's span, and
+   * `db.client.operation.duration`; on failure the SQLSTATE and error type.
+   */
+  const observe = <A>(sql: string, scope: Tenant.Scope, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> => {
+    const operation = SessionState.operationName(sql)
+    // Transaction control runs in the transaction's span, not a statement's of its own.
+    if (transactionControl.has(operation)) return effect
+    const tenant = scope._tag === "Tenant" ? recorder.tenantLabel(scope.id) : undefined
+    return Effect.withFiber((fiber) => {
+      // `effect/sql` makes the statement's span, and hands it down as the parent
+      // span when span propagation is on (the pool's layer turns it on).
+      const parent = fiber.getRef(Statement.SpanPropagationEnabled)
+        ? Context.getOrUndefined(fiber.context, Tracer.ParentSpan)
+        : undefined
+      const span = parent?._tag === "Span" ? parent : undefined
+      span?.attribute("db.operation.name", operation)
+      if (tenant !== undefined) span?.attribute(tenantAttribute, tenant)
+      const started = performance.now()
+      return Effect.onExitPrimitive(effect, (exit) => {
+        const seconds = (performance.now() - started) / 1_000
+        if (exit._tag === "Success") {
+          recorder.operation(operation, seconds, undefined)
+          return undefined
+        }
+        const error = Exit.findErrorOption(exit)
+        const state = error._tag === "Some" ? sqlStateOf(error.value) : undefined
+        const errorType = state ?? (error._tag === "Some" ? error.value.reason._tag : "interrupted")
+        recorder.operation(operation, seconds, errorType)
+        span?.attribute("error.type", errorType)
+        if (state !== undefined) span?.attribute("db.response.status_code", state)
+        return undefined
+      }, true)
+    })
+  }
+
+  const leaseSettings: LeaseSettings = {
+    tenantSetting: options.tenantSetting,
+    queryTimeout: options.queryTimeout,
+    observe
+  }
+
   const checkSession = (lease: Lease): Effect.Effect<void> =>
     lease.entry.connection.query(SessionState.checkQuery, [options.username, options.tenantSetting]).pipe(
       Effect.map((result) => SessionState.findings(result.rows[0])),
@@ -368,7 +422,7 @@ export const make = (
   ): Effect.Effect<A, E | SqlError, R> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(restore(acquire(scope, false)), (entry) => {
-        const lease = new Lease(entry, scope, options, false)
+        const lease = new Lease(entry, scope, leaseSettings, false)
         return Effect.onExitPrimitive(restore(f(lease)), () => giveBack(lease), true)
       })
     )
@@ -410,11 +464,16 @@ export const make = (
     sql: string,
     viaShare: (connection: PgConnection.PgConnection) => Effect.Effect<A, SqlError>,
     viaLease: (lease: Lease) => Effect.Effect<A, SqlError>
-  ): Effect.Effect<A, SqlError> => {
-    if (scope._tag === "Tenant") return withLease(scope, (lease) => lease.tenantStatement(viaLease(lease)))
-    if (options.pipelineDepth > 1 && SessionState.isShareable(sql)) return onShare(viaShare)
-    return withLease(scope, viaLease)
-  }
+  ): Effect.Effect<A, SqlError> =>
+    observe(
+      sql,
+      scope,
+      scope._tag === "Tenant"
+        ? withLease(scope, (lease) => lease.tenantStatement(viaLease(lease)))
+        : options.pipelineDepth > 1 && SessionState.isShareable(sql)
+        ? onShare(viaShare)
+        : withLease(scope, viaLease)
+    )
 
   const rows = (scope: Tenant.Scope, sql: string, params: ReadonlyArray<unknown>, prepare: boolean) =>
     statement(
@@ -467,7 +526,7 @@ export const make = (
     return Effect.flatMap(callerScope, (scope) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(acquire(scope, false)), (entry) => {
-          const leased = new Lease(entry, scope, options, true)
+          const leased = new Lease(entry, scope, leaseSettings, true)
           const giveBackOnClose = Effect.addFinalizer(() => giveBack(leased) ?? Effect.void)
           if (!openTransaction || scope._tag !== "Tenant") return Effect.as(giveBackOnClose, leased)
           return giveBackOnClose.pipe(

@@ -134,6 +134,7 @@ export const testOptions = (overrides: Partial<Engine.EngineOptions> = {}): Engi
   circuitProbeInterval: 1_000,
   fairness: { mode: "fifo", priorityWeights: { high: 4, normal: 2, low: 1 }, tenantWeight: () => 1, tenantMaxInUse: Infinity },
   tenantMaxQueued: Infinity,
+  name: "test",
   ...overrides
 })
 
