@@ -18,6 +18,7 @@ import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { parseArgs } from "node:util"
+import { Observability } from "../src/otel/index.ts"
 import * as Pool from "../src/Pool.ts"
 import * as PoolError from "../src/PoolError.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
@@ -31,11 +32,13 @@ const usage = `Usage: npm start -- [options]
   --duration S    seconds to run (default 15)
   --max N         pool size (default 8)
   --http-ms N     duration of the simulated external HTTP call (default 20)
+  --otlp          export traces and metrics over OTLP/HTTP (to Jaeger: examples/jaeger/)
   --help          this text
 
 Environment: DATABASE_URL, a superuser URL of an existing PostgreSQL on which a
 fresh database is created (and dropped afterwards); without it a throwaway
-server is started. PGPOOL_* variables tune the pool (docs/configuration.md).`
+server is started. PGPOOL_* variables tune the pool (docs/configuration.md).
+OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) is where --otlp sends.`
 
 interface Flags {
   readonly tenants: number
@@ -43,6 +46,7 @@ interface Flags {
   readonly duration: number
   readonly max: number
   readonly httpMillis: number
+  readonly otlp: boolean
 }
 
 const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
@@ -56,6 +60,7 @@ const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
         duration: { type: "string", default: "15" },
         max: { type: "string", default: "8" },
         "http-ms": { type: "string", default: "20" },
+        otlp: { type: "boolean", default: false },
         help: { type: "boolean", default: false }
       },
       strict: true,
@@ -78,7 +83,7 @@ const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
     if (!/^\d+$/.test(text) || value < min) return `--${flag} must be a whole number of at least ${min}, not "${text}"`
     flags[key] = value
   }
-  return flags as unknown as Flags
+  return { ...flags, otlp: values.otlp } as unknown as Flags
 }
 
 const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
@@ -125,7 +130,7 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
     const worker = Effect.gen(function*() {
       while (true) {
         const started = performance.now()
-        const exit = yield* Effect.exit(Worker.runJob(httpCall))
+        const exit = yield* Effect.exit(Worker.runJob(httpCall).pipe(Effect.withSpan("meshhook.job")))
         if (Exit.isSuccess(exit)) {
           if (!exit.value) return yield* Effect.sleep(50)
           done++
@@ -181,7 +186,12 @@ const program = (flags: Flags) =>
     console.log("No DATABASE_URL: starting a throwaway PostgreSQL server...")
     const server = yield* PgServer.make({ durable: true })
     yield* run(flags, server.url())
-  }).pipe(Effect.scoped)
+  }).pipe(
+    Effect.scoped,
+    flags.otlp
+      ? Effect.provide(Observability.layerConfig({ serviceName: "meshhook-worker", metricsIntervalMillis: 5_000 }))
+      : (effect) => effect
+  )
 
 const flags = readFlags(process.argv.slice(2))
 if (typeof flags === "string") {

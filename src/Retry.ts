@@ -19,16 +19,21 @@
  *   `COMMIT` reached the server.
  *
  * Attempts and backoff come from the pool's `retryAttempts`, `retryBase` and
- * `retryMax` (docs/resilience.md).
+ * `retryMax` (docs/resilience.md). Each retry counts in `meshhook.pool.retries`
+ * and is an event (`meshhook.pool.retry`) on the current span.
  *
  * @since 0.1.0
  */
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import { SqlError } from "effect/sql/SqlError"
+import * as Tracer from "effect/Tracer"
 import { sqlStateOf } from "./internal/sqlState.ts"
+import { metrics } from "./Metrics.ts"
 import { defaults } from "./PoolConfig.ts"
 import { isPoolError } from "./PoolError.ts"
 
@@ -97,9 +102,25 @@ const schedule = (policy: Policy) =>
     Schedule.upTo({ times: policy.attempts - 1 })
   )
 
-const retrying = <A, E, R>(self: Effect.Effect<A, E, R>, retryable: (error: E) => boolean): Effect.Effect<A, E, R> =>
+/** Counts a retry, and marks it on the current span with the failure that caused it. */
+const noteRetry = (kind: "idempotent" | "transaction", error: unknown) =>
+  Effect.withFiber((fiber) => {
+    const span = Context.getOrUndefined(fiber.context, Tracer.ParentSpan)
+    const failure = error instanceof SqlError ? sqlStateOf(error) ?? error.reason._tag : String(error)
+    if (span?._tag === "Span") span.event("meshhook.pool.retry", fiber.getRef(Clock.Clock).currentTimeNanosUnsafe(), { kind, failure })
+    return Metric.update(metrics.retries({ "meshhook.pool.retry.kind": kind }), 1)
+  })
+
+const retrying = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  kind: "idempotent" | "transaction",
+  retryable: (error: E) => boolean
+): Effect.Effect<A, E, R> =>
   Effect.flatMap(Effect.service(CurrentPolicy), (policy) =>
-    Effect.retry(self, { schedule: schedule(policy), while: retryable }))
+    Effect.retry(
+      Effect.tapError(self, (error) => retryable(error) ? noteRetry(kind, error) : Effect.void),
+      { schedule: schedule(policy), while: retryable }
+    ))
 
 /**
  * Re-runs `self` after a transient failure, up to the policy's attempts.
@@ -109,7 +130,7 @@ const retrying = <A, E, R>(self: Effect.Effect<A, E, R>, retryable: (error: E) =
  * @category combinators
  */
 export const idempotent = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  retrying(self, isTransient)
+  retrying(self, "idempotent", isTransient)
 
 /**
  * Re-runs a transaction (an effect running `sql.withTransaction`) that the
@@ -123,4 +144,4 @@ export const transaction = <A, E, R>(
   self: Effect.Effect<A, E, R>,
   options: { readonly idempotent?: boolean } = {}
 ): Effect.Effect<A, E, R> =>
-  retrying(self, (error) => isRetryableTransaction(error) || (options.idempotent === true && isTransient(error)))
+  retrying(self, "transaction", (error) => isRetryableTransaction(error) || (options.idempotent === true && isTransient(error)))

@@ -16,14 +16,18 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as References from "effect/References"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
+import { ConnectionError, SqlError } from "effect/sql/SqlError"
 import * as Http from "node:http"
 import * as Worker from "../examples/meshhook/worker.ts"
 import { Observability } from "../src/otel/index.ts"
 import * as Pool from "../src/Pool.ts"
 import type * as PoolConfig from "../src/PoolConfig.ts"
+import * as Retry from "../src/Retry.ts"
 import * as Tenant from "../src/Tenant.ts"
 import { MeshHookDb, workerPool } from "./support/meshhook.ts"
 import { databaseUrl, eventually } from "./support/pg.ts"
@@ -193,6 +197,45 @@ describe("telemetry", () => {
       assert.include(wait!.attributes, { "db.client.connection.pool.name": "wait-test", "meshhook.pool.queue_position": 1 })
       const failed = finished.find((s) => s.attributes["db.response.status_code"] !== undefined)!
       assert.include(failed.attributes, { "db.response.status_code": "22012", "error.type": "22012" })
+    } finally {
+      await runtime.dispose()
+    }
+  }, 30_000)
+})
+
+describe("telemetry of failures", () => {
+  it("retries and refusals are span events and counted; logs name the pool and never the password", async () => {
+    const password = new URL(databaseUrl()).password
+    const logs: Array<string> = []
+    const { collect, runtime, spans } = await instrumented({ name: "events-test", max: 1, acquireTimeout: 50 })
+    const capture = Logger.layer([Logger.make((options) => void logs.push(JSON.stringify(options.message) + JSON.stringify(options.fiber.getRef(References.CurrentLogAnnotations))))])
+    try {
+      await runtime.runPromise(Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        let attempts = 0
+        yield* Retry.idempotent(Effect.suspend(() =>
+          ++attempts === 1
+            ? Effect.fail(new SqlError({ reason: new ConnectionError({ cause: new Error("reset"), message: "reset" }) }))
+            : sql`SELECT 1`
+        )).pipe(Effect.withSpan("retried"))
+        const holder = yield* Effect.forkChild(Effect.scoped(Effect.andThen(sql.reserve, Effect.never)))
+        yield* Effect.sleep(20)
+        yield* Effect.exit(sql`SELECT 1`)
+        yield* Fiber.interrupt(holder)
+        // A session-level SET makes the pool close the connection and say so in a log line.
+        yield* Effect.scoped(Effect.flatMap(sql.reserve, (conn) => conn.executeRaw("SET work_mem = '8MB'", [])))
+      }).pipe(Effect.provide(capture)))
+      const finished = spans.getFinishedSpans()
+      const retried = finished.find((s) => s.name === "retried")!
+      assert.deepInclude(retried.events.map((e) => [e.name, e.attributes]), ["meshhook.pool.retry", { kind: "idempotent", failure: "ConnectionError" }])
+      const refused = finished.find((s) => s.events.some((e) => e.name === "meshhook.pool.refused"))
+      assert.strictEqual(refused?.events.find((e) => e.name === "meshhook.pool.refused")?.attributes?.reason, "PoolTimeoutError")
+      const all = await collect()
+      assert.strictEqual(find(all, "meshhook.pool.retries").dataPoints[0].value, 1)
+      const warning = logs.find((l) => l.includes("session state"))
+      assert.isDefined(warning)
+      assert.include(warning!, "events-test")
+      assert.notInclude(logs.join("\n"), password)
     } finally {
       await runtime.dispose()
     }

@@ -19,6 +19,7 @@
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -322,6 +323,11 @@ export const make = (
         recorder.operation(operation, seconds, errorType)
         span?.attribute("error.type", errorType)
         if (state !== undefined) span?.attribute("db.response.status_code", state)
+        // The pool's own refusals (circuit open, timeout, saturation, tenant rules) are events on the span.
+        const refusal = error._tag === "Some" ? PoolError.fromSqlError(error.value) : undefined
+        if (refusal !== undefined) {
+          span?.event("meshhook.pool.refused", fiber.getRef(Clock.Clock).currentTimeNanosUnsafe(), { reason: refusal._tag })
+        }
         return undefined
       }, true)
     })
