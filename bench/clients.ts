@@ -61,21 +61,20 @@ const sqlClient = async (
 }
 
 /** This pool: the tenant comes from the fiber and the pool sets it. */
-export const meshhookPool = (target: Target) =>
+export const meshhookPool = (target: Target, telemetry: Layer.Layer<never, unknown> = Layer.empty) =>
   sqlClient(
     Pool.layer({
       url: target.url,
       max: target.connections,
       min: target.warm ? target.connections : 0,
       applicationName: target.applicationName,
-      tenantSetting: target.tenantSetting,
-      ...(process.env.BENCH_DEPTH ? { pipelineDepth: Number(process.env.BENCH_DEPTH) } : {})
-    }),
+      tenantSetting: target.tenantSetting
+    }).pipe(Layer.provideMerge(telemetry)),
     (sql, tenant, statements) =>
       Tenant.with(
         statements.length === 1
           ? sql.unsafe(statements[0].text, statements[0].params)
-          : sql.withTransaction(Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency: process.env.BENCH_SEQ ? 1 : "unbounded" })),
+          : sql.withTransaction(Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency: "unbounded" })),
         tenant
       )
   )

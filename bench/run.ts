@@ -8,13 +8,18 @@
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as References from "effect/References"
 import * as Scope from "effect/Scope"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
+import * as Http from "node:http"
+import type * as Net from "node:net"
 import * as Path from "node:path"
 import { parseArgs } from "node:util"
 import pg from "pg"
+import { Observability } from "../src/otel/index.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
 import * as Clients from "./clients.ts"
 import * as Database from "../examples/meshhook/database.ts"
@@ -28,7 +33,7 @@ const usage = `Usage: npm run bench [-- options]
 
   --quick          3 rounds of 2 s (a few minutes) instead of 5 rounds of 5 s
   --smoke          1 short round: checks that everything runs (CI)
-  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, spike, noisy
+  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, telemetry, spike, noisy
   --out DIR        write results/ and the report there instead of bench/ and docs/`
 
 let flags
@@ -105,6 +110,15 @@ const backendsOf = async (applicationName: string): Promise<number> =>
   (await bench.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [applicationName]))
     .rows[0].n
 
+/** An OTLP/HTTP sink on loopback for the telemetry workload: it takes the exports and drops them. */
+const sink = await new Promise<{ readonly url: string; readonly server: Http.Server }>((resolve) => {
+  const server = Http.createServer((request, response) => {
+    request.resume()
+    request.on("end", () => response.writeHead(200, { "content-type": "application/json" }).end("{}"))
+  })
+  server.listen(0, "127.0.0.1", () => resolve({ url: `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}`, server }))
+})
+
 log("Creating MeshHook's schema for the job workload...")
 const meshhook = await Effect.runPromise(
   Scope.provide(Database.create(server.url(), { tenants: 100, runsPerTenant: 10 }), scope)
@@ -129,6 +143,8 @@ interface Workload {
   readonly pgbenchScript?: string
   /** A spike: each round starts a cold client, sends `callers` operations at once, and closes it. */
   readonly spike?: boolean
+  /** Compare this pool with and without exporting telemetry, instead of the usual contenders. */
+  readonly telemetry?: boolean
 }
 
 const workloads: ReadonlyArray<Workload> = [
@@ -184,6 +200,15 @@ END;
     pgbenchScript: Fs.readFileSync(new URL("./meshhook-job.pgbench", import.meta.url), "utf8")
   },
   {
+    name: "telemetry",
+    title: "select-by-key with telemetry: no exporter, Effect's tracing disabled, OTLP export of 10% of traces, of every trace",
+    url: superUrl,
+    tenantSetting,
+    callers,
+    op: (client) => () => client.query(selectByKey(randomAid())),
+    telemetry: true
+  },
+  {
     name: "spike",
     title: "spike: 500 callers at once on a cold pool, 2 ms of server work each",
     url: superUrl,
@@ -225,6 +250,17 @@ const clientContenders = (workload: Workload): Array<Contender> => {
       return { round: (millis) => closedLoop(op, workload.callers, millis), close: client.close }
     }
   })
+  if (workload.telemetry) {
+    const exporting = (ratio: number) =>
+      Observability.layer({ endpoint: sink.url, serviceName: "bench", traceSampleRatio: ratio, metricsIntervalMillis: 5_000 })
+    return [
+      inProcess("@meshhook/pool, no exporter", "bench-otel-off", (t) => Clients.meshhookPool(t)),
+      inProcess("@meshhook/pool, tracing disabled", "bench-otel-none", (t) =>
+        Clients.meshhookPool(t, Layer.succeed(References.TracerEnabled, false))),
+      inProcess("@meshhook/pool, OTLP, 10% of traces", "bench-otel-10", (t) => Clients.meshhookPool(t, exporting(0.1))),
+      inProcess("@meshhook/pool, OTLP, every trace", "bench-otel-all", (t) => Clients.meshhookPool(t, exporting(1)))
+    ]
+  }
   const list: Array<Contender> = [
     inProcess("@meshhook/pool", "bench-meshhook", Clients.meshhookPool),
     inProcess("@effect/sql-pg PgClient", "bench-pgclient", (t) => Clients.effectPgClient(t, false)),
@@ -259,6 +295,7 @@ try {
     console.log(`\nnoisy neighbour\n${Noisy.table(noisy)}`)
   }
 } finally {
+  sink.server.close()
   await bench.end()
   await Effect.runPromise(Scope.close(scope, Exit.void))
 }

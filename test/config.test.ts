@@ -8,6 +8,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Net from "node:net"
+import { Observability } from "../src/otel/index.ts"
 import * as Pool from "../src/Pool.ts"
 import * as PoolConfig from "../src/PoolConfig.ts"
 import { databaseUrl } from "./support/pg.ts"
@@ -123,6 +124,37 @@ describe("Pool.layerConfig", () => {
       }))))
       assert.strictEqual(error._tag, "PoolConfigError")
       if (error._tag === "PoolConfigError") assert.strictEqual(error.field, "max")
+    }))
+})
+
+describe("Observability options", () => {
+  const failure = (layer: Layer.Layer<never, unknown>) =>
+    Effect.scoped(Effect.flip(Layer.build(layer))) as Effect.Effect<{ _tag: string; field?: string; message: string }>
+
+  it.effect("an option out of range fails the layer with a PoolConfigError naming it", () =>
+    Effect.gen(function*() {
+      for (
+        const [options, field] of [
+          [{ traceSampleRatio: 1.5 }, "traceSampleRatio"],
+          [{ traceSampleRatio: Number.NaN }, "traceSampleRatio"],
+          [{ metricsIntervalMillis: 0 }, "metricsIntervalMillis"],
+          [{ prometheusPort: 70_000 }, "prometheusPort"],
+          [{ endpoint: "not a url with secret-token" }, "endpoint"]
+        ] as const
+      ) {
+        const error = yield* failure(Observability.layer(options))
+        assert.strictEqual(error._tag, "PoolConfigError")
+        assert.strictEqual(error.field, field)
+        assert.notInclude(error.message, "secret-token")
+      }
+    }))
+
+  it.effect("reads its options from the environment, and reports a bad one", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(Observability.layerConfig().pipe(
+        Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnvRecord({ PGPOOL_TRACE_SAMPLE_RATIO: "-0.5" })))
+      ))
+      assert.strictEqual(error.field, "traceSampleRatio")
     }))
 })
 

@@ -10,6 +10,8 @@ import {
   type MetricData,
   PeriodicExportingMetricReader
 } from "@opentelemetry/sdk-metrics"
+import * as Otel from "@opentelemetry/api"
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks"
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
@@ -293,4 +295,54 @@ describe("OTLP export", () => {
         assert.isTrue(metricNames.has(name), `${name} in ${[...metricNames].join(", ")}`)
       }
     }).pipe(Effect.provide(MeshHookDb.layer({ tenants: 3, runsPerTenant: 2 }))), 60_000)
+
+  it.live("sampling keeps whole traces: some of 40 at a ratio of 0.5, each with its statements, and no orphan spans", () =>
+    Effect.gen(function*() {
+      const otlp = yield* Effect.promise(receiver)
+      yield* Effect.addFinalizer(() => Effect.promise(otlp.close))
+      const exporting = Observability.layer({ endpoint: otlp.url, traceSampleRatio: 0.5, metrics: false })
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(Layer.provideMerge(workerPool({ name: "sampling-test" }), exporting))
+        yield* Effect.forEach(
+          Array.from({ length: 40 }, (_, i) => i),
+          (i) =>
+            Effect.gen(function*() {
+              const sql = yield* SqlClient.SqlClient
+              yield* Tenant.unscoped(sql`SELECT ${i}::int AS n`, "sampling test")
+            }).pipe(Effect.withSpan(`job-${i}`), Effect.provide(context)),
+          { concurrency: 8 }
+        )
+      }))
+      const spans = (otlp.received.get("/v1/traces") ?? []).flatMap((t) =>
+        t.resourceSpans.flatMap((r: any) => r.scopeSpans.flatMap((s: any) => s.spans))
+      )
+      const roots = spans.filter((s: any) => s.name.startsWith("job-"))
+      assert.isAbove(roots.length, 0)
+      assert.isBelow(roots.length, 40)
+      const rootIds = new Set(roots.map((s: any) => s.spanId))
+      const statements = spans.filter((s: any) => !s.name.startsWith("job-"))
+      assert.strictEqual(statements.length, roots.length, "one statement span per kept job")
+      for (const statement of statements) assert.isTrue(rootIds.has(statement.parentSpanId), "no orphan statement span")
+    }).pipe(Effect.provide(MeshHookDb.layer({ tenants: 1, runsPerTenant: 1 }))), 60_000)
+
+  it.live("otelContext makes Effect's span the active OpenTelemetry span, for libraries instrumented with the API", () =>
+    Effect.gen(function*() {
+      const otlp = yield* Effect.promise(receiver)
+      yield* Effect.addFinalizer(() => Effect.promise(otlp.close))
+      Otel.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable())
+      yield* Effect.addFinalizer(() => Effect.sync(() => Otel.context.disable()))
+      const activeInside = (otelContext: boolean) =>
+        Effect.scoped(Effect.gen(function*() {
+          const context = yield* Layer.build(Observability.layer({ endpoint: otlp.url, metrics: false, otelContext }))
+          return yield* Effect.gen(function*() {
+            const span = yield* Effect.currentSpan
+            const active = Otel.trace.getSpan(Otel.context.active())?.spanContext().spanId
+            return { effect: span.spanId, active }
+          }).pipe(Effect.withSpan("outer"), Effect.provide(context))
+        }))
+      const bridged = yield* activeInside(true)
+      assert.strictEqual(bridged.active, bridged.effect)
+      const plain = yield* activeInside(false)
+      assert.isUndefined(plain.active)
+    }), 30_000)
 })

@@ -307,7 +307,8 @@ export const make = (
       const parent = fiber.getRef(Statement.SpanPropagationEnabled)
         ? Context.getOrUndefined(fiber.context, Tracer.ParentSpan)
         : undefined
-      const span = parent?._tag === "Span" ? parent : undefined
+      // An unsampled span is never exported: skip its attributes.
+      const span = parent?._tag === "Span" && parent.sampled ? parent : undefined
       span?.attribute("db.operation.name", operation)
       if (tenant !== undefined) span?.attribute(tenantAttribute, tenant)
       const started = performance.now()

@@ -16,21 +16,20 @@
  * @since 0.1.0
  */
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
+import * as OtelTracer from "@effect/opentelemetry/OtelTracer"
 import type * as Resource from "@effect/opentelemetry/Resource"
 import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http"
 import { PrometheusExporter } from "@opentelemetry/exporter-prometheus"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
 import { type MetricReader, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics"
-import {
-  BatchSpanProcessor,
-  ParentBasedSampler,
-  type SpanProcessor,
-  TraceIdRatioBasedSampler
-} from "@opentelemetry/sdk-trace-base"
+import * as Otel from "@opentelemetry/api"
+import { AlwaysOnSampler, BatchSpanProcessor, ParentBasedSampler } from "@opentelemetry/sdk-trace-base"
 import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
-import type * as Layer from "effect/Layer"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
+import { PoolConfigError } from "../PoolError.ts"
 
 /**
  * What to export, and where.
@@ -55,19 +54,23 @@ export interface Options {
   readonly prometheusPort?: number | undefined
   /** The address the Prometheus endpoint listens on. Default `127.0.0.1`. */
   readonly prometheusHost?: string | undefined
+  /**
+   * Make Effect's current span the active OpenTelemetry context while each
+   * step of an Effect runs, so that libraries instrumented with the
+   * OpenTelemetry API (HTTP clients, ...) parent their spans under it. Off by
+   * default: it wraps every step of every traced fiber in a context switch,
+   * which halved the pool's throughput in the telemetry benchmark.
+   */
+  readonly otelContext?: boolean | undefined
 }
 
 const defaultEndpoint = "http://localhost:4318"
 
-/** The SDK's configuration for `options`. */
-const configurationOf = (options: Options): NodeSdk.Configuration => {
-  const endpoint = (options.endpoint ?? defaultEndpoint).replace(/\/+$/, "")
-  const spanProcessor: Array<SpanProcessor> = options.traces === false
-    ? []
-    : [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${endpoint}/v1/traces` }))]
-  const metricReader: Array<MetricReader> = []
+/** The metric readers `options` ask for. */
+const metricReadersOf = (endpoint: string, options: Options): Array<MetricReader> => {
+  const readers: Array<MetricReader> = []
   if (options.metrics !== false) {
-    metricReader.push(
+    readers.push(
       new PeriodicExportingMetricReader({
         exporter: new OTLPMetricExporter({ url: `${endpoint}/v1/metrics` }),
         exportIntervalMillis: options.metricsIntervalMillis ?? 10_000
@@ -75,26 +78,92 @@ const configurationOf = (options: Options): NodeSdk.Configuration => {
     )
   }
   if (options.prometheusPort !== undefined) {
-    metricReader.push(new PrometheusExporter({ port: options.prometheusPort, host: options.prometheusHost ?? "127.0.0.1" }))
+    readers.push(new PrometheusExporter({ port: options.prometheusPort, host: options.prometheusHost ?? "127.0.0.1" }))
   }
-  return {
+  return readers
+}
+
+/** The options Effect gives a tracer for a new span. */
+type SpanOptions = Parameters<Tracer.Tracer["span"]>[0]
+
+/**
+ * Whether `options` start a trace: no parent, neither in Effect nor in the
+ * active OpenTelemetry context (an instrumented HTTP server's span, say).
+ */
+const startsTrace = (options: SpanOptions): boolean =>
+  options.root || (Option.isNone(options.parent) && Otel.trace.getSpan(Otel.context.active()) === undefined)
+
+/**
+ * Effect's tracer on the OpenTelemetry SDK, sampling before the SDK sees a
+ * span: a trace left out stays in plain Effect spans, which cost little, and
+ * only kept traces pay for SDK spans. New traces are kept with probability
+ * `ratio`; a span follows its parent's decision (Effect passes it down).
+ *
+ * With `otelContext` each step of a traced fiber also runs with its span as
+ * the active OpenTelemetry context (see {@link Options.otelContext}).
+ */
+const tracerLayer = (ratio: number, otelContext: boolean): Layer.Layer<never, never, OtelTracer.OtelTracer> =>
+  Layer.effect(
+    Tracer.Tracer,
+    Effect.map(OtelTracer.make, (sdk) => {
+      const span = (options: SpanOptions): Tracer.Span =>
+        options.sampled && (ratio >= 1 || !startsTrace(options) || Math.random() < ratio)
+          ? sdk.span(options)
+          : new Tracer.NativeSpan({ ...options, sampled: false })
+      return Tracer.make(otelContext ? { span, context: sdk.context } : { span })
+    })
+  )
+
+/** The first option out of range, as a `PoolConfigError`. */
+const invalidOption = (options: Options): PoolConfigError | undefined => {
+  const invalid = (field: string, value: unknown, reason: string) =>
+    new PoolConfigError({ field, value: String(value), reason })
+  const ratio = options.traceSampleRatio
+  if (ratio !== undefined && !(ratio >= 0 && ratio <= 1)) return invalid("traceSampleRatio", ratio, "must be from 0 to 1")
+  const interval = options.metricsIntervalMillis
+  if (interval !== undefined && !(Number.isSafeInteger(interval) && interval > 0)) {
+    return invalid("metricsIntervalMillis", interval, "must be a whole number of milliseconds above 0")
+  }
+  const port = options.prometheusPort
+  if (port !== undefined && !(Number.isSafeInteger(port) && port >= 0 && port <= 65_535)) {
+    return invalid("prometheusPort", port, "must be a port number from 0 to 65535")
+  }
+  if (options.endpoint !== undefined && !URL.canParse(options.endpoint)) {
+    return invalid("endpoint", "<not a URL>", "must be an http(s) URL")
+  }
+  return undefined
+}
+
+/** Traces and metrics as `options` say. */
+const layerOf = (options: Options): Layer.Layer<Resource.Resource, PoolConfigError> => {
+  const error = invalidOption(options)
+  if (error !== undefined) return Layer.effectContext(Effect.fail(error))
+  const endpoint = (options.endpoint ?? defaultEndpoint).replace(/\/+$/, "")
+  const sdk = NodeSdk.layer(() => ({
     resource: { serviceName: options.serviceName ?? "meshhook-worker" },
-    spanProcessor,
-    metricReader,
-    tracerConfig: {
-      sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(options.traceSampleRatio ?? 1) })
-    }
-  }
+    metricReader: metricReadersOf(endpoint, options)
+  }))
+  if (options.traces === false) return sdk
+  const traces = tracerLayer(options.traceSampleRatio ?? 1, options.otelContext === true).pipe(
+    Layer.provide(OtelTracer.layerTracer),
+    Layer.provide(
+      NodeSdk.layerTracerProvider(new BatchSpanProcessor(new OTLPTraceExporter({ url: `${endpoint}/v1/traces` })), {
+        // The tracer has sampled new traces already; the SDK keeps what it is given.
+        sampler: new ParentBasedSampler({ root: new AlwaysOnSampler() })
+      })
+    )
+  )
+  return Layer.provideMerge(traces, sdk)
 }
 
 /**
- * Exports traces and metrics as `options` say.
+ * Exports traces and metrics as `options` say. An option out of range fails
+ * the layer with a `PoolConfigError` naming it.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Resource.Resource> =>
-  NodeSdk.layer(() => configurationOf(options))
+export const layer = (options: Options = {}): Layer.Layer<Resource.Resource, PoolConfigError> => layerOf(options)
 
 /**
  * The environment variables {@link layerConfig} reads.
@@ -107,7 +176,8 @@ export const environment = {
   endpoint: "OTEL_EXPORTER_OTLP_ENDPOINT",
   traceSampleRatio: "PGPOOL_TRACE_SAMPLE_RATIO",
   metricsIntervalMillis: "OTEL_METRIC_EXPORT_INTERVAL",
-  prometheusPort: "PGPOOL_PROMETHEUS_PORT"
+  prometheusPort: "PGPOOL_PROMETHEUS_PORT",
+  otelContext: "PGPOOL_OTEL_CONTEXT"
 } as const
 
 /**
@@ -117,21 +187,23 @@ export const environment = {
  * @since 0.1.0
  * @category layers
  */
-export const layerConfig = (overrides: Options = {}): Layer.Layer<Resource.Resource, Config.ConfigError> =>
-  NodeSdk.layer(
+export const layerConfig = (
+  overrides: Options = {}
+): Layer.Layer<Resource.Resource, Config.ConfigError | PoolConfigError> =>
+  Layer.unwrap(
     Effect.gen(function*() {
       const read = yield* Config.all({
         serviceName: Config.option(Config.String(environment.serviceName)),
         endpoint: Config.option(Config.String(environment.endpoint)),
         traceSampleRatio: Config.option(Config.Number(environment.traceSampleRatio)),
         metricsIntervalMillis: Config.option(Config.Number(environment.metricsIntervalMillis)),
-        prometheusPort: Config.option(Config.Port(environment.prometheusPort))
+        prometheusPort: Config.option(Config.Port(environment.prometheusPort)),
+        otelContext: Config.option(Config.Boolean(environment.otelContext))
       })
       const found: Record<string, unknown> = {}
       for (const [key, value] of Object.entries(read) as Array<[string, Option.Option<unknown>]>) {
         if (Option.isSome(value)) found[key] = value.value
       }
-      const options: Options = { ...found, ...overrides }
-      return configurationOf(options)
+      return layerOf({ ...found, ...overrides })
     })
   )
