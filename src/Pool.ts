@@ -32,7 +32,9 @@ import type * as Scope from "effect/Scope"
 import * as Config from "effect/Config"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Statement from "effect/sql/Statement"
+import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Engine from "./internal/engine.ts"
+import type { Connector } from "./internal/engine.ts"
 import * as Telemetry from "./internal/telemetry.ts"
 import * as PgConnector from "./internal/pgConnector.ts"
 import * as SqlClientImpl from "./internal/sqlClient.ts"
@@ -83,8 +85,17 @@ export const backoff = (base: number, max: number): Schedule.Schedule<Duration.D
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function*(
-  options: PoolConfig.Options
+export const make = (options: PoolConfig.Options) => makeWithConnector(options, (resolved) => PgConnector.make(resolved.connection))
+
+/**
+ * {@link make} on connections from `connectorFor` instead of the driver: the
+ * test kit's in-memory database plugs in here.
+ *
+ * @internal
+ */
+export const makeWithConnector = Effect.fnUntraced(function*(
+  options: PoolConfig.Options,
+  connectorFor: (resolved: PoolConfig.Resolved) => Connector<PgConnection.PgConnection>
 ): Effect.fn.Return<
   { readonly pool: Pool["Service"]; readonly sql: SqlClient.SqlClient },
   PoolConfigError | DatabaseUnavailableError,
@@ -106,7 +117,8 @@ export const make = Effect.fnUntraced(function*(
       "server.port": String(resolved.port)
     }
   })
-  const engine = yield* Engine.make(PgConnector.make(resolved.connection), {
+  const connector = connectorFor(resolved)
+  const engine = yield* Engine.make(connector, {
     ...resolved,
     connectRetry: backoff(resolved.connectRetryBase, resolved.connectRetryMax),
     probeRetry: Schedule.spaced(Duration.millis(resolved.circuitProbeInterval)).pipe(Schedule.jittered),
@@ -132,16 +144,24 @@ export const make = Effect.fnUntraced(function*(
   // The count series follow the pool's counts once a second, and drop to zero when it closes.
   yield* Effect.addFinalizer(() => Effect.sync(() => recorder.sample({ idle: 0, used: 0, pending: 0, max: 0, min: 0 })))
   yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sync(() => recorder.sample(engine.stats())), Effect.sleep(1_000))))
-  const sql = yield* SqlClientImpl.make(engine, resolved, recorder)
+  const sql = yield* SqlClientImpl.make(engine, resolved, recorder, connector.cancel)
   const { connection: _, ...visible } = resolved
   const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
   return { pool, sql }
 })
 
-const layerFrom = <E, R>(options: Effect.Effect<PoolConfig.Options, E, R>) =>
+/**
+ * The pool's services, built by `build` from the options `options` gives.
+ *
+ * @internal
+ */
+export const layerFrom = <E, R>(
+  options: Effect.Effect<PoolConfig.Options, E, R>,
+  build: typeof make = make
+): Layer.Layer<Pool | SqlClient.SqlClient, E | PoolConfigError | DatabaseUnavailableError, Exclude<R, Scope.Scope>> =>
   Layer.effectContext(
     Effect.gen(function*() {
-      const { pool, sql } = yield* make(yield* options)
+      const { pool, sql } = yield* build(yield* options)
       const { retryAttempts, retryBase, retryMax } = pool.options
       return Context.make(Pool, pool).pipe(
         Context.add(SqlClient.SqlClient, sql),

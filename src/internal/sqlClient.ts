@@ -41,7 +41,6 @@ import * as Priority from "../Priority.ts"
 import * as Tenant from "../Tenant.ts"
 import type { Engine } from "./engine.ts"
 import type { Entry } from "./entry.ts"
-import { cancel } from "./pgConnector.ts"
 import * as SessionState from "./sessionState.ts"
 import { sqlStateOf } from "./sqlState.ts"
 import type { Recorder } from "./telemetry.ts"
@@ -60,6 +59,8 @@ const unwoundResult: PgConnection.Result = { command: "ROLLBACK", rowCount: 0, o
 interface LeaseSettings {
   readonly tenantSetting: string
   readonly queryTimeout: number
+  /** Cancels what a connection's server session runs. */
+  readonly cancel: (connection: PgConnection.PgConnection) => Effect.Effect<void>
   /** Telemetry around a statement its caller sent (see `observe` in `make`). */
   readonly observe: <A>(sql: string, scope: Tenant.Scope, effect: Effect.Effect<A, SqlError>) => Effect.Effect<A, SqlError>
 }
@@ -152,7 +153,7 @@ class Lease implements Connection {
    * interrupted, and given up after `queryTimeout`, which condemns the lease.
    */
   private readonly onWire = <A>(effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> => {
-    const cancellable = Effect.onInterrupt(effect, () => cancel(this.entry.connection))
+    const cancellable = Effect.onInterrupt(effect, () => this.settings.cancel(this.entry.connection))
     return this.settings.queryTimeout === Infinity ? cancellable : Effect.timeoutOrElse(cancellable, {
       duration: this.settings.queryTimeout,
       orElse: () =>
@@ -289,7 +290,8 @@ const transformed = <A extends object>(rows: ReadonlyArray<A>, transformRows: Ro
 export const make = (
   engine: Engine<PgConnection.PgConnection>,
   options: PoolConfig.Resolved,
-  recorder: Recorder
+  recorder: Recorder,
+  cancel: (connection: PgConnection.PgConnection) => Effect.Effect<void>
 ): Effect.Effect<SqlClient.SqlClient, never, Reactivity> => {
   /**
    * Telemetry for one statement as its caller sees it: `db.operation.name`
@@ -337,6 +339,7 @@ export const make = (
   const leaseSettings: LeaseSettings = {
     tenantSetting: options.tenantSetting,
     queryTimeout: options.queryTimeout,
+    cancel,
     observe
   }
 

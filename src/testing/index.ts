@@ -6,3 +6,6 @@
 
 /** A throwaway PostgreSQL server. @since 0.1.0 */
 export * as PgServer from "./PgServer.ts"
+
+/** The pool on an in-memory, scripted database, for unit tests. @since 0.1.0 */
+export * as PoolTest from "./PoolTest.ts"
