@@ -49,6 +49,14 @@ describe("PoolTest.layer", () => {
       ]
     }))))
 
+  it.effect("one script serves many layers: each spends its own counts", () => {
+    const script = [PoolTest.rows("FROM runs", [{ id: 1 }])]
+    const once = Effect.flatMap(Effect.service(SqlClient.SqlClient), (sql) => sql`SELECT id FROM runs`).pipe(
+      Effect.provide(PoolTest.layer({ replies: script }))
+    )
+    return Effect.map(Effect.all([once, once]), (results) => assert.deepStrictEqual(results, [[{ id: 1 }], [{ id: 1 }]]))
+  })
+
   it.effect("a statement nobody scripted is a defect that names it", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

@@ -9,8 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type { SqlError } from "effect/sql/SqlError"
-import { createHash, randomBytes } from "node:crypto"
-import * as Fs from "node:fs"
+import * as PgTest from "../../src/testing/PgTest.ts"
 
 /** The setting MeshHook's policies read the tenant from. */
 export const tenantSetting = "app.project_id"
@@ -35,92 +34,22 @@ export interface Options {
 }
 
 /**
- * Splits a SQL script into statements for the extended protocol, which takes
- * one at a time. It knows quotes, dollar quotes and line comments, which is
- * all the project's scripts use.
- */
-export const splitStatements = (script: string): Array<string> => {
-  const statements: Array<string> = []
-  let current = ""
-  let i = 0
-  while (i < script.length) {
-    const rest = script.slice(i)
-    const dollar = /^\$[A-Za-z_]*\$/.exec(rest)
-    if (dollar !== null) {
-      const end = script.indexOf(dollar[0], i + dollar[0].length)
-      const stop = end < 0 ? script.length : end + dollar[0].length
-      current += script.slice(i, stop)
-      i = stop
-    } else if (rest.startsWith("--")) {
-      const end = script.indexOf("\n", i)
-      i = end < 0 ? script.length : end + 1
-    } else if (script[i] === "'" || script[i] === "\"") {
-      const end = script.indexOf(script[i], i + 1)
-      const stop = end < 0 ? script.length : end + 1
-      current += script.slice(i, stop)
-      i = stop
-    } else if (script[i] === ";") {
-      if (current.trim() !== "") statements.push(current.trim())
-      current = ""
-      i++
-    } else {
-      current += script[i++]
-    }
-  }
-  if (current.trim() !== "") statements.push(current.trim())
-  return statements
-}
-
-const withDatabase = (url: string, database: string): string => {
-  const parsed = new URL(url)
-  parsed.pathname = `/${database}`
-  return parsed.toString()
-}
-
-const withUser = (url: string, user: string, password: string): string => {
-  const parsed = new URL(url)
-  parsed.username = user
-  parsed.password = password
-  return parsed.toString()
-}
-
-const run = (connection: PgConnection.PgConnection, script: string) =>
-  Effect.forEach(splitStatements(script), (statement) => connection.query(statement, [], false), { discard: true })
-
-/**
  * Creates and seeds a MeshHook database on the server behind `adminUrl` (a
- * superuser URL). The worker role is created once per server, with a
- * password of its own; the database is dropped when the scope closes.
+ * superuser URL), with the test kit's `PgTest.createDatabase`: the worker
+ * role is created once per server, and the database is dropped when the
+ * scope closes.
  */
 export const create = (
   adminUrl: Redacted.Redacted<string>,
   options: Options = {}
-): Effect.Effect<MeshHookDatabase, SqlError, Scope.Scope> =>
+): Effect.Effect<MeshHookDatabase, SqlError | PgTest.PgTestError, Scope.Scope> =>
   Effect.gen(function*() {
-    const database = options.database ?? `meshhook_${randomBytes(4).toString("hex")}`
-    // The role is shared by every database on the server, so its password is
-    // derived from the superuser's: the same for concurrent set-ups, secret alike.
-    const workerPassword = createHash("sha256").update(`${Redacted.value(adminUrl)}:mh_worker`).digest("base64url")
-    const server = yield* Effect.acquireRelease(
-      PgConnection.make({ url: adminUrl, applicationName: "meshhook-setup" }),
-      () => Effect.void
-    )
-    yield* server.query(`CREATE DATABASE "${database}"`, [], false)
-    yield* Effect.addFinalizer(() =>
-      Effect.ignore(server.query(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`, [], false))
-    )
-    yield* server.query(
-      `DO $$ BEGIN
-         CREATE ROLE mh_worker LOGIN NOBYPASSRLS PASSWORD '${workerPassword}';
-       EXCEPTION WHEN duplicate_object OR unique_violation THEN
-         ALTER ROLE mh_worker PASSWORD '${workerPassword}';
-       END $$`,
-      [],
-      false
-    )
-    const databaseAdminUrl = withDatabase(Redacted.value(adminUrl), database)
-    const owner = yield* PgConnection.make({ url: Redacted.make(databaseAdminUrl), applicationName: "meshhook-setup" })
-    yield* run(owner, Fs.readFileSync(new URL("./schema.sql", import.meta.url), "utf8"))
+    const database = yield* PgTest.createDatabase(adminUrl, {
+      migrations: new URL("./migrations", import.meta.url),
+      role: "mh_worker",
+      name: options.database
+    })
+    const owner = yield* PgConnection.make({ url: database.adminUrl, applicationName: "meshhook-setup" })
     const tenants = options.tenants ?? 100
     const runs = options.runsPerTenant ?? 10
     yield* owner.query(
@@ -146,9 +75,9 @@ export const create = (
     yield* owner.query("ANALYZE")
     const projects = yield* owner.query("SELECT id::text AS id FROM projects ORDER BY name")
     return {
-      database,
-      adminUrl: Redacted.make(databaseAdminUrl),
-      workerUrl: Redacted.make(withUser(databaseAdminUrl, "mh_worker", workerPassword)),
+      database: database.name,
+      adminUrl: database.adminUrl,
+      workerUrl: database.url,
       projects: projects.rows.map((row) => row.id as string)
     }
   })

@@ -202,7 +202,7 @@ export const layer = (
     })
     const control = MockDatabase.of({
       statements: Effect.sync(() => [...database.statements]),
-      reply: (...replies) => Effect.sync(() => void database.replies.push(...replies)),
+      reply: (...replies) => Effect.sync(() => void database.replies.push(...replies.map((reply) => ({ ...reply })))),
       unusedReplies: Effect.sync(() => database.replies.filter((r) => r.times > 0 && r.times !== Infinity)),
       setDown: (down) =>
         Effect.sync(() => {

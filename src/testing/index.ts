@@ -9,3 +9,6 @@ export * as PgServer from "./PgServer.ts"
 
 /** The pool on an in-memory, scripted database, for unit tests. @since 0.1.0 */
 export * as PoolTest from "./PoolTest.ts"
+
+/** The pool on a fresh real database with migrations, for tests of SQL. @since 0.1.0 */
+export * as PgTest from "./PgTest.ts"

@@ -181,7 +181,8 @@ export const makeDatabase = (options: {
   readonly unmatched: "die" | "empty"
   readonly connectDelay: Duration.Duration
 }): Database => ({
-  replies: [...options.replies],
+  // Copies: a reply's count is spent per database, so one script can serve many tests.
+  replies: options.replies.map((reply) => ({ ...reply })),
   statements: [],
   unmatched: options.unmatched,
   opened: 0,

@@ -1,7 +1,7 @@
 -- MeshHook's tables, shaped like its migrations, on plain PostgreSQL (no Supabase).
 -- Tenant = project. Every tenant table has FORCE ROW LEVEL SECURITY with a
 -- fail-closed policy: when app.project_id is unset or empty, no rows.
--- The worker role (mh_worker, created by the caller) is not the owner and
+-- The worker role (mh_worker, created before the migrations) is not the owner and
 -- cannot bypass RLS. The job queue has no RLS: workers claim across tenants.
 
 CREATE TABLE projects (
