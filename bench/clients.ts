@@ -14,6 +14,7 @@ import pg from "pg"
 import postgres from "postgres"
 import type { Sql } from "../examples/meshhook/job.ts"
 import * as Pool from "../src/Pool.ts"
+import type * as PoolConfig from "../src/PoolConfig.ts"
 import * as Tenant from "../src/Tenant.ts"
 
 type Row = Readonly<Record<string, unknown>>
@@ -60,15 +61,23 @@ const sqlClient = async (
   }
 }
 
-/** This pool: the tenant comes from the fiber and the pool sets it. */
-export const meshhookPool = (target: Target, telemetry: Layer.Layer<never, unknown> = Layer.empty) =>
+/**
+ * This pool: the tenant comes from the fiber and the pool sets it. `options`
+ * override the target's settings; `telemetry` is provided to it.
+ */
+export const meshhookPool = (
+  target: Target,
+  telemetry: Layer.Layer<never, unknown> = Layer.empty,
+  options: PoolConfig.Options = {}
+) =>
   sqlClient(
     Pool.layer({
       url: target.url,
       max: target.connections,
       min: target.warm ? target.connections : 0,
       applicationName: target.applicationName,
-      tenantSetting: target.tenantSetting
+      tenantSetting: target.tenantSetting,
+      ...options
     }).pipe(Layer.provideMerge(telemetry)),
     (sql, tenant, statements) =>
       Tenant.with(

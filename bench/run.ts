@@ -33,7 +33,8 @@ const usage = `Usage: npm run bench [-- options]
 
   --quick          3 rounds of 2 s (a few minutes) instead of 5 rounds of 5 s
   --smoke          1 short round: checks that everything runs (CI)
-  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, telemetry, spike, noisy
+  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, telemetry,
+                   sizingTenant, sizingJob, spike, noisy
   --out DIR        write results/ and the report there instead of bench/ and docs/`
 
 let flags
@@ -133,6 +134,19 @@ const selectByKey = (aid: number): Clients.Sql => ({
 const httpMillis = 20
 const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
 
+/** One MeshHook worker job, as every client runs it. */
+const meshhookJob = (client: Clients.Client) => async () => {
+  const job = Job.claimed(await client.query(Job.claim))
+  if (job === undefined) return sleep(httpMillis)
+  await client.inTenantTransaction(job.projectId, Job.startStep(job))
+  await sleep(httpMillis)
+  await client.inTenantTransaction(job.projectId, Job.finishStep(job, randomBytes(1024).toString("hex")))
+}
+
+/** The fixed sizes the sizing workloads sweep, and the adaptive pool's `max`. */
+const sweepSizes = [2, 4, 8, 16, 32, 64]
+const sweepMax = 64
+
 interface Workload {
   readonly name: string
   readonly title: string
@@ -145,6 +159,8 @@ interface Workload {
   readonly spike?: boolean
   /** Compare this pool with and without exporting telemetry, instead of the usual contenders. */
   readonly telemetry?: boolean
+  /** Compare this pool at fixed sizes with the adaptive pool, instead of the usual contenders. */
+  readonly sizing?: boolean
 }
 
 const workloads: ReadonlyArray<Workload> = [
@@ -190,13 +206,7 @@ END;
     url: Redacted.value(meshhook.workerUrl),
     tenantSetting: Database.tenantSetting,
     callers: 200,
-    op: (client) => async () => {
-      const job = Job.claimed(await client.query(Job.claim))
-      if (job === undefined) return sleep(httpMillis)
-      await client.inTenantTransaction(job.projectId, Job.startStep(job))
-      await sleep(httpMillis)
-      await client.inTenantTransaction(job.projectId, Job.finishStep(job, randomBytes(1024).toString("hex")))
-    },
+    op: meshhookJob,
     pgbenchScript: Fs.readFileSync(new URL("./meshhook-job.pgbench", import.meta.url), "utf8")
   },
   {
@@ -207,6 +217,27 @@ END;
     callers,
     op: (client) => () => client.query(selectByKey(randomAid())),
     telemetry: true
+  },
+  {
+    name: "sizingTenant",
+    title: `sizing: select-by-key under a tenant at fixed sizes ${sweepSizes.join(", ")} and adaptive (max ${sweepMax})`,
+    url: tenantUrl,
+    tenantSetting,
+    callers,
+    op: (client) => () => {
+      const aid = randomAid()
+      return client.inTenantTransaction(String(Math.floor((aid - 1) / 100_000) + 1), [selectByKey(aid)])
+    },
+    sizing: true
+  },
+  {
+    name: "sizingJob",
+    title: `sizing: MeshHook job at fixed sizes ${sweepSizes.join(", ")} and adaptive (max ${sweepMax}); 200 workers`,
+    url: Redacted.value(meshhook.workerUrl),
+    tenantSetting: Database.tenantSetting,
+    callers: 200,
+    op: meshhookJob,
+    sizing: true
   },
   {
     name: "spike",
@@ -261,6 +292,15 @@ const clientContenders = (workload: Workload): Array<Contender> => {
       inProcess("@meshhook/pool, OTLP, every trace", "bench-otel-all", (t) => Clients.meshhookPool(t, exporting(1)))
     ]
   }
+  if (workload.sizing) {
+    return [
+      ...sweepSizes.map((size) =>
+        inProcess(`@meshhook/pool, fixed ${size}`, `bench-fixed-${size}`, (t) => Clients.meshhookPool({ ...t, connections: size }))
+      ),
+      inProcess("@meshhook/pool, adaptive", "bench-adaptive", (t) =>
+        Clients.meshhookPool(t, Layer.empty, { sizing: "adaptive", min: 1, max: sweepMax }))
+    ]
+  }
   const list: Array<Contender> = [
     inProcess("@meshhook/pool", "bench-meshhook", Clients.meshhookPool),
     inProcess("@effect/sql-pg PgClient", "bench-pgclient", (t) => Clients.effectPgClient(t, false)),
@@ -285,7 +325,9 @@ try {
   for (const workload of workloads) {
     if (only !== undefined && !only.includes(workload.name)) continue
     log(`\n${workload.title}: ${settings.rounds} rounds of ${workload.spike ? "one burst" : `${settings.roundMillis / 1000} s`}, ${workload.callers} callers, ${connections} connections`)
-    const summaries = await compare(clientContenders(workload), { ...settings, backendsOf, log })
+    // The adaptive pool learns its size under load: every contender of a sizing sweep gets time to settle.
+    const warmupMillis = workload.sizing && mode !== "smoke" ? 20_000 : settings.warmupMillis
+    const summaries = await compare(clientContenders(workload), { ...settings, warmupMillis, backendsOf, log })
     results[workload.name] = { title: workload.title, summaries }
     console.log(`\n${workload.title}\n${Report.table(summaries)}`)
   }

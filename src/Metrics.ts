@@ -16,6 +16,8 @@
  * | `meshhook.pool.retries` (`meshhook.pool.retry.kind`) | incremental counter | {retry} |
  * | `meshhook.pool.leaks` | incremental counter | {connection} |
  * | `meshhook.pool.circuit.open` | gauge | 1 |
+ * | `meshhook.pool.connection.limit` | gauge | {connection} |
+ * | `meshhook.pool.limit.changes` (`meshhook.pool.limit.change`: trial_down / trial_up / revert / refused) | incremental counter | {change} |
  * | `meshhook.pool.tenant.wait_time` (`meshhook.tenant`) | histogram | s |
  * | `meshhook.pool.tenant.rejections` (`meshhook.tenant`, reason) | incremental counter | {request} |
  *
@@ -101,6 +103,16 @@ export const metrics = {
       description: "1 while the circuit breaker is open (the database looks unreachable), else 0",
       attributes: { ...attributes, unit: "1" }
     }),
+  connectionLimit: (attributes: Attributes) =>
+    Metric.gauge("meshhook.pool.connection.limit", {
+      description: "Connections the pool may open now: max, or what adaptive sizing settled on",
+      attributes: { ...attributes, unit: "{connection}" }
+    }),
+  limitChanges: counter(
+    "meshhook.pool.limit.changes",
+    "Changes of the adaptive connection limit, by kind: trial_down, trial_up, revert, refused",
+    "{change}"
+  ),
   tenantWaitTime: seconds("meshhook.pool.tenant.wait_time", "Connection wait time by tenant"),
   tenantRejections: counter("meshhook.pool.tenant.rejections", "Requests turned away, by tenant", "{request}")
 } as const

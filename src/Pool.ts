@@ -35,6 +35,7 @@ import * as Statement from "effect/sql/Statement"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Engine from "./internal/engine.ts"
 import type { Connector } from "./internal/engine.ts"
+import * as Sizing from "./internal/sizing.ts"
 import * as Telemetry from "./internal/telemetry.ts"
 import * as PgConnector from "./internal/pgConnector.ts"
 import * as SqlClientImpl from "./internal/sqlClient.ts"
@@ -141,6 +142,20 @@ export const makeWithConnector = Effect.fnUntraced(function*(
       }
     }
   })
+  recorder.limit(resolved.max, undefined)
+  if (resolved.sizing === "adaptive") {
+    const controller = Sizing.make({ min: resolved.min, max: resolved.max })
+    const adjust = Effect.suspend(() => {
+      const change = controller.next(engine.sample())
+      if (change === undefined) return Effect.void
+      engine.setLimit(change.to)
+      recorder.limit(change.to, change.kind)
+      return Effect.logInfo(`Connection limit ${change.from} → ${change.to}: ${change.reason}`).pipe(
+        Effect.annotateLogs({ pool: resolved.name })
+      )
+    })
+    yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(resolved.sizingInterval), adjust)))
+  }
   // The count series follow the pool's counts once a second, and drop to zero when it closes.
   yield* Effect.addFinalizer(() => Effect.sync(() => recorder.sample({ idle: 0, used: 0, pending: 0, max: 0, min: 0 })))
   yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sync(() => recorder.sample(engine.stats())), Effect.sleep(1_000))))

@@ -66,6 +66,14 @@ export interface Options {
   /** Connection attempts in flight at once, so a spike does not set off a storm of connects. Default 2. */
   readonly maxConnecting?: number | undefined
   /**
+   * `adaptive`: the pool finds how many connections, between `min` and `max`,
+   * bring throughput, and stays there (see docs/tuning.md); `fixed`: it opens
+   * up to `max` whenever callers wait. Default `fixed`.
+   */
+  readonly sizing?: Sizing | undefined
+  /** How often the adaptive pool measures and may change its limit. Default 1 s. */
+  readonly sizingInterval?: Duration.Input | undefined
+  /**
    * Autocommit statements without a tenant that one connection carries at
    * once, pipelined. `1` gives every statement a connection of its own.
    * Default 16.
@@ -173,6 +181,14 @@ export interface Options {
 }
 
 /**
+ * How the pool decides how many connections to open; see `Options.sizing`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Sizing = "fixed" | "adaptive"
+
+/**
  * When the pool checks a returned connection for session state; see
  * `Options.sessionCheck`.
  *
@@ -197,6 +213,8 @@ export interface Resolved {
   readonly min: number
   readonly max: number
   readonly maxConnecting: number
+  readonly sizing: Sizing
+  readonly sizingInterval: number
   readonly pipelineDepth: number
   readonly maxWaiting: number
   readonly acquireTimeout: number
@@ -250,6 +268,8 @@ export const defaults = {
   min: 0,
   max: 10,
   maxConnecting: 2,
+  sizing: "fixed",
+  sizingInterval: 1_000,
   pipelineDepth: 16,
   maxWaiting: 1000,
   acquireTimeout: 10_000,
@@ -585,6 +605,10 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       integer("circuitBreakerThreshold", options.circuitBreakerThreshold, defaults.circuitBreakerThreshold, 1)
     )
     const circuitProbeInterval = duration("circuitProbeInterval")
+    const sizing = options.sizing ?? defaults.sizing
+    if (sizing !== "fixed" && sizing !== "adaptive") check(bad("sizing", sizing, "use fixed or adaptive"))
+    const sizingInterval = duration("sizingInterval")
+    if (sizingInterval < 50) check(bad("sizingInterval", sizingInterval, "must be at least 50 ms (it measures throughput)"))
     const retryAttempts = check(integer("retryAttempts", options.retryAttempts, defaults.retryAttempts, 1))
     const retryBase = duration("retryBase")
     const retryMax = duration("retryMax")
@@ -648,6 +672,8 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       min,
       max,
       maxConnecting,
+      sizing,
+      sizingInterval,
       pipelineDepth,
       maxWaiting,
       acquireTimeout,
@@ -722,6 +748,8 @@ export const environment = {
   min: "PGPOOL_MIN",
   max: "PGPOOL_MAX",
   maxConnecting: "PGPOOL_MAX_CONNECTING",
+  sizing: "PGPOOL_SIZING",
+  sizingInterval: "PGPOOL_SIZING_INTERVAL",
   pipelineDepth: "PGPOOL_PIPELINE_DEPTH",
   maxWaiting: "PGPOOL_MAX_WAITING",
   acquireTimeout: "PGPOOL_ACQUIRE_TIMEOUT",

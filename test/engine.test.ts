@@ -12,6 +12,7 @@ import type { Entry } from "../src/internal/entry.ts"
 import {
   alone,
   authenticationFailed,
+  tooManyClients,
   connectionRefused,
   type FakeConnection,
   lease,
@@ -633,6 +634,72 @@ describe("engine", () => {
         yield* TestClock.adjust(10_000)
         assert.deepStrictEqual(leaks, [[5_000, "the leaky handler"]])
         pool.release(leaked)
+      }))
+  })
+
+  describe("adaptive limit", () => {
+    it.effect("a lower limit closes idle connections now and lent ones as they come back; a higher one lets waiters in", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 4 })
+        const log: Array<string> = []
+        // Four busy, then two of them back: two lent, two idle.
+        const long = yield* callers(pool, log, 2, 1_000)
+        const short = yield* callers(pool, log, 2, 10)
+        yield* TestClock.adjust(10)
+        yield* Fiber.joinAll(short)
+        assert.deepStrictEqual([pool.stats().used, pool.stats().idle], [2, 2])
+        pool.setLimit(1)
+        assert.deepStrictEqual([pool.stats().total, pool.stats().limit], [2, 1])
+        // Waiters queue behind the limit; no connection is opened for them.
+        const waiting = yield* callers(pool, log, 2, 10)
+        yield* settle
+        assert.strictEqual(pool.stats().pending, 2)
+        assert.strictEqual(script.opened.length, 4)
+        yield* TestClock.adjust(990)
+        yield* settle
+        // One of the two lent connections closed on its return, the other serves the waiters.
+        assert.strictEqual(script.openNow(), 1)
+        yield* Fiber.joinAll(long)
+        pool.setLimit(3)
+        yield* TestClock.adjust(10)
+        yield* settle
+        yield* TestClock.adjust(10)
+        yield* Fiber.joinAll(waiting)
+        assert.isAtMost(script.peakOpen(), 4)
+        pool.setLimit(0)
+        assert.strictEqual(pool.stats().limit, 0 + pool.stats().min)
+      }))
+
+    it.effect("samples what happened since the last sample: completions, waits, peak use, refusals", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 4 })
+        pool.setLimit(2)
+        pool.sample()
+        const fibers = yield* callers(pool, [], 4, 100)
+        yield* TestClock.adjust(100)
+        yield* settle
+        yield* TestClock.adjust(100)
+        yield* Fiber.joinAll(fibers)
+        const sample = pool.sample()
+        assert.strictEqual(sample.completions, 4)
+        assert.strictEqual(sample.peakUsed, 2)
+        assert.strictEqual(sample.pending, 0)
+        // Two served at once, two after 100 ms: 50 ms on average; each held for 100 ms.
+        assert.strictEqual(sample.waitMillis, 50)
+        assert.strictEqual(sample.serviceMillis, 100)
+        assert.strictEqual(sample.refused, 0)
+        assert.strictEqual(pool.sample().completions, 0)
+        // The server has no slots left: the attempts it refuses are counted, and nobody is failed for it.
+        pool.setLimit(4)
+        script.failures.push(tooManyClients(), tooManyClients())
+        const more = yield* callers(pool, [], 3, 10)
+        yield* TestClock.adjust(10)
+        yield* settle
+        yield* TestClock.adjust(300)
+        yield* Fiber.joinAll(more)
+        assert.isAtLeast(pool.sample().refused, 1)
       }))
   })
 

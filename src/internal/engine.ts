@@ -42,7 +42,8 @@ import {
 } from "../PoolError.ts"
 import { Circuit } from "./circuit.ts"
 import { Entry, expiryFor } from "./entry.ts"
-import { describe, isFatalConnectError } from "./sqlState.ts"
+import type * as Sizing from "./sizing.ts"
+import { describe, isFatalConnectError, isOutOfSlots } from "./sqlState.ts"
 import { Link, LinkedQueue } from "./linkedQueue.ts"
 import * as Scheduler from "./scheduler.ts"
 
@@ -144,6 +145,8 @@ export interface Stats {
   readonly creating: number
   readonly min: number
   readonly max: number
+  /** Connections the pool may open now: `max`, or less when adaptive sizing found that more do not help. */
+  readonly limit: number
   /** `open` while the database looks unreachable and callers fail fast. */
   readonly circuit: "closed" | "open"
 }
@@ -171,6 +174,10 @@ export interface Engine<C> {
    */
   readonly abandon: (entry: Entry<C>) => void
   readonly stats: () => Stats
+  /** What happened since the last call, for adaptive sizing; starts a new interval. */
+  readonly sample: () => Sizing.Sample
+  /** Sets how many connections may be open; idle ones above it close now, used ones when they come back. */
+  readonly setLimit: (limit: number) => void
   /** Drains and closes the pool; see rule 7. */
   readonly shutdown: Effect.Effect<void>
 }
@@ -221,6 +228,25 @@ export const make = <C>(
     const events = options.events ?? {}
     let timeoutSweepRunning = false
     let lastConnectError: string | undefined
+    let limit = options.max
+
+    // Measurements for adaptive sizing, since the last sample.
+    let intervalStart = now()
+    let completions = 0
+    let acquisitions = 0
+    let waitedTotal = 0
+    let refused = 0
+    let peakUsed = 0
+    /** Checkouts held right now (a connection alone, or one share), and their time-weighted sum. */
+    let busy = 0
+    let busyArea = 0
+    let busySince = intervalStart
+    const busyChanged = (delta: number): void => {
+      const at = now()
+      busyArea += busy * (at - busySince)
+      busySince = at
+      busy += delta
+    }
 
     const fork = (effect: Effect.Effect<unknown>, into: Set<Fiber.Fiber<unknown, unknown>>): void => {
       const fiber = runFork(effect)
@@ -235,6 +261,9 @@ export const make = <C>(
 
     const checkout = (entry: Entry<C>, request: Scheduler.Request): Entry<C> => {
       entry.uses++
+      busyChanged(1)
+      const used = entries.size - idle.length
+      if (used > peakUsed) peakUsed = used
       if (request.shared) {
         entry.state = "shared"
         entry.borrowers++
@@ -263,7 +292,10 @@ export const make = <C>(
 
     const serve = (waiter: Waiter<C>, entry: Entry<C>): void => {
       waiter.entry = checkout(entry, waiter.request)
-      events.acquired?.(waiter.request.flow, now() - waiter.enqueuedAt)
+      const waited = now() - waiter.enqueuedAt
+      acquisitions++
+      waitedTotal += waited
+      events.acquired?.(waiter.request.flow, waited)
       settle(waiter, Effect.succeed(entry))
     }
 
@@ -336,7 +368,7 @@ export const make = <C>(
     /** Rule 4: open connections while the waiters need more than are being opened, or below `min`. */
     const fill = (): void => {
       while (
-        !closed && !circuit.isOpen && entries.size + creating < options.max && creating < options.maxConnecting &&
+        !closed && !circuit.isOpen && entries.size + creating < limit && creating < options.maxConnecting &&
         (demand() > creating || entries.size + creating < options.min)
       ) {
         creating++
@@ -367,6 +399,7 @@ export const make = <C>(
             Effect.sync(() => {
               attempts++
               lastConnectError = describe(error)
+              if (isOutOfSlots(error)) refused++
               // Start-up has its own deadline; the circuit guards a running pool.
               if (started && circuit.failed(entries.size, now())) openCircuit()
             })
@@ -556,7 +589,10 @@ export const make = <C>(
         if (top === undefined || staleSince(top, now())) return undefined
         share = takeIdle(unscopedShare)
       }
-      if (share !== undefined) events.acquired?.("", 0)
+      if (share !== undefined) {
+        acquisitions++
+        events.acquired?.("", 0)
+      }
       return share
     }
 
@@ -597,6 +633,7 @@ export const make = <C>(
           const at = now()
           const entry = request.shared ? takeShare() ?? takeIdle(request) : takeIdle(request)
           if (entry !== undefined) {
+            acquisitions++
             events.acquired?.(request.flow, 0)
             return entry.state === "used" || entry.borrowers === 1
               ? staleSince(entry, at) ? validated(entry, request) : Effect.succeed(entry)
@@ -624,6 +661,10 @@ export const make = <C>(
       })
 
     const release = (entry: Entry<C>): void => {
+      if (entry.state === "shared" || entry.state === "used") {
+        completions++
+        busyChanged(-1)
+      }
       if (entry.state === "shared") {
         entry.borrowers--
         if (entry.borrowers > 0) {
@@ -641,7 +682,7 @@ export const make = <C>(
         entry.holder = undefined
       }
       events.released?.(now() - entry.takenAt)
-      if (closed || entry.isSpent(now(), options.maxUses)) destroy(entry)
+      if (closed || entry.isSpent(now(), options.maxUses) || entries.size > limit) destroy(entry)
       else offer(entry)
       // The tenant under its limit again may be served from other idle connections.
       if (holder !== undefined && idle.length > 0 && waiters.size > 0) dispatchIdle()
@@ -691,8 +732,9 @@ export const make = <C>(
         connector.validate(entry.connection).pipe(
           Effect.timeoutOption(options.validationTimeout),
           Effect.matchEffect({
-            onFailure: () => Effect.sync(() => invalidate(entry)),
-            onSuccess: (ok) => Effect.sync(() => ok._tag === "Some" ? release(entry) : invalidate(entry))
+            onFailure: () => Effect.sync(() => destroy(entry)),
+            onSuccess: (ok) =>
+              Effect.sync(() => ok._tag === "Some" && !closed && !entry.isSpent(now(), options.maxUses) ? offer(entry) : destroy(entry))
           })
         ),
         background
@@ -707,8 +749,39 @@ export const make = <C>(
       creating,
       min: options.min,
       max: options.max,
+      limit,
       circuit: circuit.state
     })
+
+    const sample = (): Sizing.Sample => {
+      const at = now()
+      busyChanged(0)
+      const taken: Sizing.Sample = {
+        completions,
+        serviceMillis: completions === 0 ? 0 : busyArea / completions,
+        waitMillis: acquisitions === 0 ? 0 : waitedTotal / acquisitions,
+        pending: waiters.size,
+        peakUsed: Math.max(peakUsed, entries.size - idle.length),
+        open: entries.size,
+        refused,
+        intervalMillis: at - intervalStart
+      }
+      intervalStart = at
+      completions = acquisitions = waitedTotal = refused = busyArea = 0
+      peakUsed = entries.size - idle.length
+      return taken
+    }
+
+    const setLimit = (to: number): void => {
+      limit = Math.max(options.min, Math.min(options.max, to))
+      // The coldest idle connections go first; lent ones close when they come back.
+      while (entries.size > limit && idle.length > 0) {
+        const coldest = idle.shift()!
+        coldest.state = "used"
+        destroy(coldest)
+      }
+      fill()
+    }
 
     const shutdown = Effect.gen(function*() {
       if (closed) return
@@ -745,5 +818,5 @@ export const make = <C>(
     started = true
     fill()
     fork(Effect.forever(Effect.andThen(Effect.sleep(options.housekeepingInterval), housekeep)), background)
-    return { acquire, shareNow, release, invalidate, abandon, stats, shutdown } satisfies Engine<C>
+    return { acquire, shareNow, release, invalidate, abandon, stats, sample, setLimit, shutdown } satisfies Engine<C>
   })

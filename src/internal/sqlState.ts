@@ -45,3 +45,12 @@ export const describe = (error: SqlError): string => {
     : ""
   return `${error.message}${detail}${state === undefined ? "" : ` (SQLSTATE ${state})`}`
 }
+
+/**
+ * Whether the server turned a connection attempt away for lack of
+ * connection slots (`too_many_connections`, 53300): a limit to respect, not
+ * an outage.
+ *
+ * @internal
+ */
+export const isOutOfSlots = (error: SqlError): boolean => sqlStateOf(error) === "53300"

@@ -29,6 +29,8 @@ export interface Recorder {
   readonly rejected: (reason: Rejection, tenant: string) => void
   readonly leaked: () => void
   readonly circuit: (open: boolean) => void
+  /** The connection limit is now `limit`, after a change of `kind` (none at start). */
+  readonly limit: (limit: number, kind: string | undefined) => void
   readonly operation: (operationName: string, seconds: number, errorType: string | undefined) => void
   /** Brings the count series up to date with the pool's counts (all zero once it is closed). */
   readonly sample: (stats: Pick<Stats, "idle" | "used" | "pending" | "max" | "min">) => void
@@ -55,6 +57,8 @@ export const make = (options: {
   const timeouts = metrics.timeouts(pool)
   const leaks = metrics.leaks(pool)
   const circuitOpen = metrics.circuitOpen(pool)
+  const connectionLimit = metrics.connectionLimit(pool)
+  const limitChanges = new Map<string, Metric.Metric<number, unknown>>()
   const rejections = new Map<string, Metric.Metric<number, unknown>>()
   const operations = new Map<string, Metric.Metric<number, unknown>>()
   const tenantWaits = new Map<string, Metric.Metric<number, unknown>>()
@@ -116,6 +120,13 @@ export const make = (options: {
     },
     leaked: () => leaks.updateUnsafe(1, context),
     circuit: (open) => circuitOpen.updateUnsafe(open ? 1 : 0, context),
+    limit: (limit, kind) => {
+      connectionLimit.updateUnsafe(limit, context)
+      if (kind !== undefined) {
+        series(limitChanges, kind, () => metrics.limitChanges({ ...pool, "meshhook.pool.limit.change": kind }))
+          .updateUnsafe(1, context)
+      }
+    },
     operation: (operationName, seconds, errorType) =>
       series(
         operations,

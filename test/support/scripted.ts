@@ -7,7 +7,7 @@
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import { AuthenticationError, ConnectionError, SqlError } from "effect/sql/SqlError"
+import { AuthenticationError, ConnectionError, SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Engine from "../../src/internal/engine.ts"
 import type { Entry } from "../../src/internal/entry.ts"
 import type { Request } from "../../src/internal/scheduler.ts"
@@ -47,6 +47,16 @@ export interface Script {
 export const connectionRefused = (): SqlError =>
   new SqlError({
     reason: new ConnectionError({ cause: new Error("ECONNREFUSED"), message: "connect ECONNREFUSED", operation: "connect" })
+  })
+
+/** The server is out of connection slots (53300), as PostgreSQL says it. */
+export const tooManyClients = (): SqlError =>
+  new SqlError({
+    reason: new UnknownError({
+      cause: Object.assign(new Error("sorry, too many clients already"), { code: "53300" }),
+      message: "sorry, too many clients already",
+      operation: "connect"
+    })
   })
 
 export const authenticationFailed = (): SqlError =>

@@ -1,0 +1,236 @@
+/**
+ * Adaptive sizing: how many connections the pool may open (its limit),
+ * between `min` and `max`, from what the pool measures interval by interval.
+ *
+ * The pool opens connections only on demand, so the limit matters only while
+ * every allowed connection is in use or callers wait ("busy" below). Then the
+ * question is whether more connections bring more throughput, or only more
+ * queueing inside PostgreSQL. The controller answers it by experiment, as a
+ * hill climber on throughput:
+ *
+ * 1. It starts at `max`: a burst is served at once, as by a fixed pool.
+ * 2. While busy, it tries a smaller limit. The step is a sixteenth of the
+ *    limit, or more when the time a checkout takes has risen above the
+ *    fastest seen (its no-load baseline): at twice the baseline, a quarter.
+ *    The smaller limit stays if throughput holds within `dropTolerance` of
+ *    what it was before the descent began (the median of the last busy
+ *    intervals, so that one lucky interval does not set the bar) and callers'
+ *    wait plus checkout grows by less than `latencyTolerance`; the next step
+ *    is then twice as large. Otherwise the limit goes back, and stays for
+ *    `holdIntervals`.
+ * 3. After a hold, with callers waiting, it tries a larger limit (an eighth
+ *    more, twice as much after each trial kept), kept only if throughput
+ *    rises by `gainThreshold`; otherwise back, and hold.
+ * 4. A server that refuses connections for lack of slots (SQLSTATE 53300,
+ *    or a pooler's "no more connections") caps the limit at what is open.
+ *
+ * A trial is judged on the two intervals after the one in which it settles
+ * in, so one noisy interval does not decide it.
+ *
+ * Every change has a reason, for the log and the metrics. The controller is
+ * a pure state machine: the pool feeds it samples on a timer, tests feed it
+ * a simulated database.
+ *
+ * @internal
+ */
+
+/** What the pool measured over one interval. @internal */
+export interface Sample {
+  /** Checkouts given back (a connection held alone, or a share of one). */
+  readonly completions: number
+  /** Mean time a checkout was held, in ms (time-weighted in-use over completions). */
+  readonly serviceMillis: number
+  /** Mean time a caller waited for its checkout, in ms (0 for those served at once). */
+  readonly waitMillis: number
+  /** Callers waiting at the end of the interval. */
+  readonly pending: number
+  /** The most connections in use at once. */
+  readonly peakUsed: number
+  /** Connections open at the end. */
+  readonly open: number
+  /** Connection attempts the server refused for lack of connection slots. */
+  readonly refused: number
+  readonly intervalMillis: number
+}
+
+/** The controller's settings. @internal */
+export interface Settings {
+  readonly min: number
+  readonly max: number
+  /** Share of throughput a smaller limit may lose and still be kept. Default 0.05. */
+  readonly dropTolerance?: number | undefined
+  /** Share by which a smaller limit may lengthen callers' wait plus checkout and still be kept. Default 0.25. */
+  readonly latencyTolerance?: number | undefined
+  /** Share of throughput a larger limit must add to be kept. Default 0.1. */
+  readonly gainThreshold?: number | undefined
+  /** Intervals to stay at a limit after a trial failed. Default 10. */
+  readonly holdIntervals?: number | undefined
+}
+
+/** A change of the limit, what kind of step it is, and why. @internal */
+export interface Change {
+  readonly from: number
+  readonly to: number
+  /** `trial_down` / `trial_up`: an experiment; `revert`: it failed; `refused`: the server has no slots. */
+  readonly kind: "trial_down" | "trial_up" | "revert" | "refused"
+  readonly reason: string
+}
+
+/** @internal */
+export interface Controller {
+  readonly limit: () => number
+  /** Takes one interval's sample; returns the change it makes, if any. */
+  readonly next: (sample: Sample) => Change | undefined
+}
+
+/** Intervals a trial lasts: one to settle in, two measured. */
+const trialIntervals = 3
+
+interface Trial {
+  readonly from: number
+  readonly to: number
+  /** The throughput to beat (up) or to hold (down), per second. */
+  readonly reference: number
+  /** Callers' wait plus checkout before the trial, in ms. */
+  readonly response: number
+  /** Its intervals so far, and the sums of what was measured over the last two. */
+  intervals: number
+  rate: number
+  responseSum: number
+  measured: number
+}
+
+const percent = (x: number) => `${Math.round(x * 100)}%`
+
+/** @internal */
+export const make = (settings: Settings): Controller => {
+  const { min, max } = settings
+  const dropTolerance = settings.dropTolerance ?? 0.05
+  const latencyTolerance = settings.latencyTolerance ?? 0.25
+  const gainThreshold = settings.gainThreshold ?? 0.1
+  const holdIntervals = settings.holdIntervals ?? 10
+
+  let limit = max
+  let interval = 0
+  let holdUntil = 0
+  let trial: Trial | undefined
+  /** The fastest mean checkout seen: the no-load baseline. It forgets slowly, as workloads change. */
+  let baseline = Infinity
+  /** Throughput of the last busy intervals outside trials, per second, and callers' wait plus checkout then. */
+  const recentRates: Array<number> = []
+  let response = 0
+  /** The throughput a descent started from: every step of it must hold that. */
+  let descentReference = 0
+  /** Trials kept in a row, in the current direction: the next may go further. */
+  let downStreak = 0
+  let upStreak = 0
+  let direction: "down" | "up" = "down"
+
+  const change = (to: number, kind: Change["kind"], reason: string): Change | undefined => {
+    const from = limit
+    limit = Math.max(min, Math.min(max, to))
+    return limit === from ? undefined : { from, to: limit, kind, reason }
+  }
+
+  const back = (current: Trial, reason: string, then: "down" | "up"): Change | undefined => {
+    holdUntil = interval + holdIntervals
+    downStreak = 0
+    upStreak = 0
+    direction = then
+    return change(current.from, "revert", `${reason}: back to ${current.from}`)
+  }
+
+  /** The outcome of a trial, from its measured intervals. */
+  const judge = (current: Trial): Change | undefined => {
+    const rate = current.rate / current.measured
+    const waited = current.responseSum / current.measured
+    if (current.to < current.from) {
+      if (rate < current.reference * (1 - dropTolerance)) {
+        return back(current, `throughput fell ${percent(1 - rate / current.reference)} with ${current.to} connections`, "up")
+      }
+      if (waited > current.response * (1 + latencyTolerance) && rate < current.reference * (1 + gainThreshold)) {
+        return back(current, `callers waited ${percent(waited / current.response - 1)} longer with ${current.to} connections`, "up")
+      }
+      downStreak++
+      recentRates.length = 0
+      return undefined
+    }
+    if (rate >= current.reference * (1 + gainThreshold)) {
+      upStreak++
+      recentRates.length = 0
+      return undefined
+    }
+    return back(current, `no throughput gain with ${current.to} connections (${percent(rate / current.reference - 1)})`, "down")
+  }
+
+  const start = (to: number, kind: "trial_down" | "trial_up", reason: (to: number) => string): Change | undefined => {
+    const made = change(to, kind, reason(Math.max(min, Math.min(max, to))))
+    if (made !== undefined) {
+      const sorted = [...recentRates].sort((a, b) => a - b)
+      const median = sorted[Math.floor(sorted.length / 2)]
+      if (kind === "trial_up" || downStreak === 0) descentReference = median
+      const reference = kind === "trial_up" ? median : descentReference
+      trial = { from: made.from, to: made.to, reference, response, intervals: 0, rate: 0, responseSum: 0, measured: 0 }
+    }
+    return made
+  }
+
+  const next = (sample: Sample): Change | undefined => {
+    interval++
+    const rate = sample.completions * 1_000 / Math.max(1, sample.intervalMillis)
+    const responseNow = sample.waitMillis + sample.serviceMillis
+    if (sample.completions > 0) baseline = Math.min(baseline * 1.01, sample.serviceMillis)
+    // Every allowed connection was in use, or callers waited: the limit is what decides.
+    const busy = sample.pending > 0 || sample.peakUsed >= limit
+    if (sample.refused > 0) {
+      trial = undefined
+      holdUntil = interval + holdIntervals
+      return change(
+        Math.min(limit, sample.open),
+        "refused",
+        `the server refused ${sample.refused} connection(s) for lack of slots: holding at ${Math.max(min, sample.open)}`
+      )
+    }
+    if (trial !== undefined) {
+      // The load fell while trying: nothing was learnt, and fewer connections are no harm.
+      if (!busy) {
+        trial = undefined
+        return undefined
+      }
+      if (++trial.intervals === 1) return undefined
+      trial.rate += rate
+      trial.responseSum += responseNow
+      trial.measured++
+      if (trial.intervals < trialIntervals) return undefined
+      const current = trial
+      trial = undefined
+      return judge(current)
+    }
+    if (!busy) return undefined
+    recentRates.push(rate)
+    if (recentRates.length > 5) recentRates.shift()
+    response = response === 0 ? responseNow : response * 0.7 + responseNow * 0.3
+    // A trial needs a few intervals to compare with.
+    if (interval < holdUntil || recentRates.length < 3) return undefined
+    const inflation = sample.serviceMillis / baseline
+    const waiting = sample.pending > 0 || sample.waitMillis > 0
+    if (waiting && limit < max && direction === "up") {
+      // An eighth more, twice as much after each trial kept.
+      const to = limit + Math.max(1, Math.floor(Math.min(limit / 2, limit / 8 * 2 ** upStreak)))
+      return start(to, "trial_up", (to) => `callers waiting with all ${limit} connections in use: trying ${to}`)
+    }
+    direction = "down"
+    upStreak = 0
+    if (limit <= min) return undefined
+    // Further when checkouts take longer than at no load, and twice as far after each trial kept.
+    const share = Math.max(Math.max(0, 1 - 1 / inflation) / 2, 2 ** downStreak / 16)
+    const to = Math.max(min, limit - Math.max(1, Math.floor(limit * Math.min(0.5, share))))
+    return start(
+      to,
+      "trial_down",
+      (to) => `all ${limit} connections in use, checkouts at ${inflation.toFixed(1)}× their fastest: trying ${to}`
+    )
+  }
+
+  return { limit: () => limit, next }
+}

@@ -1,0 +1,157 @@
+/**
+ * The sizing controller against a simulated database: a closed loop of
+ * callers, and a server whose time per checkout is flat up to a knee (its
+ * cores) and rises in proportion beyond it, so that throughput stops growing
+ * there. Deterministic: the noise comes from a seeded generator.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Sizing from "../src/internal/sizing.ts"
+
+interface World {
+  /** Callers, each sending its next request as soon as the last is answered. */
+  callers: number
+  /** Connections the server serves without slowing down. */
+  knee: number
+  /** Time per checkout at no load, in ms. */
+  readonly baseMillis: number
+  /** Relative noise on throughput and latency, e.g. 0.03. */
+  readonly noise: number
+  /** Connections the server still accepts; beyond, attempts are refused. */
+  slots: number
+}
+
+const seeded = (seed: number) => () => {
+  seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648
+  return seed / 2_147_483_648
+}
+
+/** Runs `intervals` intervals of 500 ms and returns the limit after each. */
+const simulate = (controller: Sizing.Controller, world: World, intervals: number, random = seeded(7)) => {
+  const limits: Array<number> = []
+  for (let i = 0; i < intervals; i++) {
+    const wanted = Math.min(controller.limit(), world.callers)
+    const open = Math.min(wanted, world.slots)
+    const service = world.baseMillis * Math.max(1, open / world.knee) * (1 + world.noise * (random() * 2 - 1))
+    const completions = Math.round(500 * open / service * (1 + world.noise * (random() * 2 - 1)))
+    const pending = world.callers - open
+    controller.next({
+      completions,
+      serviceMillis: service,
+      // Little's law: the callers queued in the pool over the rate they are served at.
+      waitMillis: completions > 0 ? pending * 500 / completions : 0,
+      pending,
+      peakUsed: open,
+      open,
+      refused: wanted > world.slots ? 1 : 0,
+      intervalMillis: 500
+    })
+    limits.push(controller.limit())
+  }
+  return limits
+}
+
+const world = (overrides: Partial<World> = {}): World => ({
+  callers: 64,
+  knee: 8,
+  baseMillis: 2,
+  noise: 0,
+  slots: Infinity,
+  ...overrides
+})
+
+/** The share of `limits` spent at their most common value. */
+const steadiness = (limits: ReadonlyArray<number>) => {
+  const counts = new Map<number, number>()
+  for (const limit of limits) counts.set(limit, (counts.get(limit) ?? 0) + 1)
+  const [mode, count] = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]
+  return { mode, share: count / limits.length }
+}
+
+describe("the sizing controller", () => {
+  it("converges near the knee from max, and stays within bounds", () => {
+    const controller = Sizing.make({ min: 1, max: 64 })
+    const limits = simulate(controller, world(), 200)
+    assert.isTrue(limits.every((l) => l >= 1 && l <= 64))
+    const { mode, share } = steadiness(limits.slice(100))
+    assert.isAtLeast(mode, 8)
+    assert.isAtMost(mode, 11)
+    assert.isAtLeast(share, 0.75, `limits: ${limits.slice(100).join(",")}`)
+    // Trials are brief and one step away: no swinging between far-apart sizes.
+    assert.isTrue(limits.slice(100).every((l) => Math.abs(l - mode) <= 1), limits.slice(100).join(","))
+  })
+
+  it("converges with noisy measurements, without oscillating", () => {
+    const controller = Sizing.make({ min: 2, max: 64 })
+    const limits = simulate(controller, world({ noise: 0.02 }), 300)
+    const settled = limits.slice(150)
+    const { mode, share } = steadiness(settled)
+    assert.isAtLeast(mode, 7)
+    assert.isAtMost(mode, 13)
+    assert.isAtLeast(share, 0.75, `limits: ${settled.join(",")}`)
+    // Trials are brief: the limit never strays far from where it settled.
+    assert.isTrue(settled.every((l) => Math.abs(l - mode) <= Math.max(2, mode / 4)), settled.join(","))
+  })
+
+  it("keeps every connection that adds throughput: below the knee it stays at max", () => {
+    const controller = Sizing.make({ min: 2, max: 6 })
+    const limits = simulate(controller, world({ knee: 8 }), 100)
+    assert.strictEqual(steadiness(limits.slice(50)).mode, 6)
+    assert.isTrue(limits.every((l) => l >= 2 && l <= 6))
+  })
+
+  it("follows a step change: more server capacity, the limit grows to it; less load, nothing to do", () => {
+    const controller = Sizing.make({ min: 1, max: 64 })
+    const w = world()
+    simulate(controller, w, 150)
+    const before = controller.limit()
+    assert.isAtMost(before, 11)
+    // Fewer callers than connections: nobody waits, so the controller has nothing to decide.
+    w.callers = 4
+    const quiet = simulate(controller, w, 50)
+    assert.isTrue(quiet.every((l) => l === before))
+    // The database gets twice the cores: trials upwards pay off again.
+    w.callers = 64
+    w.knee = 16
+    const grown = simulate(controller, w, 150)
+    const { mode } = steadiness(grown.slice(-50))
+    assert.isAtLeast(mode, 15)
+    assert.isAtMost(mode, 22)
+  })
+
+  it("backs off to the connections it has when the server refuses more", () => {
+    const controller = Sizing.make({ min: 2, max: 64 })
+    const changes: Array<Sizing.Change> = []
+    const w = world({ slots: 5 })
+    const limits = simulate({ limit: controller.limit, next: (s) => {
+      const change = controller.next(s)
+      if (change !== undefined) changes.push(change)
+      return change
+    } }, w, 10)
+    assert.strictEqual(limits[0], 5)
+    assert.match(changes[0].reason, /refused 1 connection\(s\) for lack of slots/)
+    assert.isTrue(limits.every((l) => l <= 5))
+  })
+
+  it("explains each change", () => {
+    const controller = Sizing.make({ min: 1, max: 32 })
+    const reasons: Array<string> = []
+    const w = world()
+    for (let i = 0; i < 60; i++) {
+      const open = Math.min(controller.limit(), w.callers)
+      const service = w.baseMillis * Math.max(1, open / w.knee)
+      const change = controller.next({
+        completions: Math.round(500 * open / service),
+        serviceMillis: service,
+        waitMillis: 1,
+        pending: w.callers - open,
+        peakUsed: open,
+        open,
+        refused: 0,
+        intervalMillis: 500
+      })
+      if (change !== undefined) reasons.push(`${change.from}→${change.to}: ${change.reason}`)
+    }
+    assert.match(reasons[0], /^32→30: all 32 connections in use, checkouts at 1\.0× their fastest: trying 30$/)
+    assert.isTrue(reasons.some((r) => /throughput fell \d+% with \d+ connections: back to \d+/.test(r)), reasons.join("\n"))
+  })
+})
