@@ -1,10 +1,34 @@
 import { defineConfig } from "vitest/config"
+import { findBinary } from "./src/testing/PgBouncer.ts"
+
+/**
+ * Suites that also run through a transaction-mode PgBouncer: the core and tenant isolation. Resilience
+ * behind PgBouncer (its restart, the server going away behind it) is test/pgbouncer.pg.test.ts.
+ */
+const throughPgBouncer = ["test/pool.pg.test.ts", "test/tenant.pg.test.ts", "test/isolation.pg.test.ts"]
+
+// CI installs PgBouncer and requires it; elsewhere the suites run directly when it is missing.
+const withPgBouncer = findBinary() !== undefined || process.env.MESHHOOK_REQUIRE_PGBOUNCER === "1"
 
 export default defineConfig({
   test: {
-    include: ["test/**/*.test.ts", "examples/**/*.test.ts"],
-    globalSetup: ["test/support/globalSetup.ts"],
     testTimeout: 30_000,
-    hookTimeout: 60_000
+    hookTimeout: 60_000,
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: "direct",
+          include: ["test/**/*.test.ts", "examples/**/*.test.ts"],
+          globalSetup: ["test/support/globalSetup.ts"]
+        }
+      },
+      ...(withPgBouncer
+        ? [{
+          extends: true,
+          test: { name: "pgbouncer", include: throughPgBouncer, globalSetup: ["test/support/bouncerSetup.ts"] }
+        }]
+        : [])
+    ]
   }
 })

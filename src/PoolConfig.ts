@@ -130,8 +130,23 @@ export interface Options {
   /** Longest pause between those attempts. Default 1 s. */
   readonly retryMax?: Duration.Input | undefined
 
-  /** Use named prepared statements (cached per connection). Default true. */
+  /**
+   * Use named prepared statements (cached per connection). Default true;
+   * false with `behindPooler: "transaction"` (PgBouncer before 1.21 cannot
+   * carry them from one server connection to the next).
+   */
   readonly prepare?: boolean | undefined
+  /**
+   * `transaction`: the pool talks to a transaction-mode pooler (PgBouncer,
+   * Supavisor, the Supabase pooler), where consecutive transactions may run
+   * on different server connections and session state left by one client is
+   * seen by the next. No named prepared statements by default, and any
+   * statement that could leave session state (`SET` without `LOCAL`,
+   * `set_config(..., false)`, `LISTEN`, `PREPARE`, session advisory locks,
+   * temporary tables, ...) is refused with `SessionStateNotAllowedError`
+   * before it is sent. Default `none`. See docs/scaling.md.
+   */
+  readonly behindPooler?: BehindPooler | undefined
   /** Prepared statements kept per connection. Default 100. */
   readonly preparedStatementCacheSize?: number | undefined
   /** Renames result columns, e.g. `String.snakeToCamel`. */
@@ -181,6 +196,14 @@ export interface Options {
 }
 
 /**
+ * What sits between the pool and PostgreSQL; see `Options.behindPooler`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type BehindPooler = "none" | "transaction"
+
+/**
  * How the pool decides how many connections to open; see `Options.sizing`.
  *
  * @since 0.1.0
@@ -215,6 +238,7 @@ export interface Resolved {
   readonly maxConnecting: number
   readonly sizing: Sizing
   readonly sizingInterval: number
+  readonly behindPooler: BehindPooler
   readonly pipelineDepth: number
   readonly maxWaiting: number
   readonly acquireTimeout: number
@@ -270,6 +294,7 @@ export const defaults = {
   maxConnecting: 2,
   sizing: "fixed",
   sizingInterval: 1_000,
+  behindPooler: "none",
   pipelineDepth: 16,
   maxWaiting: 1000,
   acquireTimeout: 10_000,
@@ -608,6 +633,11 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
     const sizing = options.sizing ?? defaults.sizing
     if (sizing !== "fixed" && sizing !== "adaptive") check(bad("sizing", sizing, "use fixed or adaptive"))
     const sizingInterval = duration("sizingInterval")
+    const behindPooler = options.behindPooler ?? defaults.behindPooler
+    if (behindPooler !== "none" && behindPooler !== "transaction") {
+      check(bad("behindPooler", behindPooler, "use none or transaction"))
+    }
+    const prepare = options.prepare ?? (behindPooler === "transaction" ? false : defaults.prepare)
     if (sizingInterval < 50) check(bad("sizingInterval", sizingInterval, "must be at least 50 ms (it measures throughput)"))
     const retryAttempts = check(integer("retryAttempts", options.retryAttempts, defaults.retryAttempts, 1))
     const retryBase = duration("retryBase")
@@ -674,6 +704,7 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       maxConnecting,
       sizing,
       sizingInterval,
+      behindPooler,
       pipelineDepth,
       maxWaiting,
       acquireTimeout,
@@ -697,7 +728,7 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       retryAttempts,
       retryBase,
       retryMax,
-      prepare: options.prepare ?? defaults.prepare,
+      prepare,
       transformResultNames: options.transformResultNames,
       transformQueryNames: options.transformQueryNames,
       transformJson: options.transformJson ?? true,
@@ -723,7 +754,7 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
         password: asRedacted(password!),
         applicationName,
         connectTimeout: Duration.millis(connectTimeout),
-        prepare: options.prepare ?? defaults.prepare,
+        prepare,
         preparedStatementCacheSize
       }
     })
@@ -750,6 +781,7 @@ export const environment = {
   maxConnecting: "PGPOOL_MAX_CONNECTING",
   sizing: "PGPOOL_SIZING",
   sizingInterval: "PGPOOL_SIZING_INTERVAL",
+  behindPooler: "PGPOOL_BEHIND_POOLER",
   pipelineDepth: "PGPOOL_PIPELINE_DEPTH",
   maxWaiting: "PGPOOL_MAX_WAITING",
   acquireTimeout: "PGPOOL_ACQUIRE_TIMEOUT",

@@ -178,6 +178,31 @@ export class TenantMismatchError extends Schema.TaggedError<TenantMismatchError>
 }
 
 /**
+ * Behind a transaction-mode pooler (`behindPooler: "transaction"`), a
+ * statement that could leave session state on the server connection, where
+ * the pooler's next client would find it (a tenant setting, a role, a lock),
+ * was refused before it was sent. Use transaction-local forms instead:
+ * `SET LOCAL`, `set_config(..., true)`, `pg_advisory_xact_lock`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SessionStateNotAllowedError extends Schema.TaggedError<SessionStateNotAllowedError>()(
+  "SessionStateNotAllowedError",
+  {
+    /** The statement's first characters. */
+    statement: Schema.String,
+    /** What in it could leave session state. */
+    reason: Schema.String
+  }
+) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Refused behind a transaction-mode pooler: ${this.reason} would outlive the transaction (${this.statement})`
+  }
+}
+
+/**
  * A tenant asked for more than its share: it already had `tenantMaxQueued`
  * requests waiting. Other tenants are unaffected.
  *
@@ -235,6 +260,7 @@ export type PoolError =
   | InvalidTenantError
   | TenantMismatchError
   | TenantQuotaExceededError
+  | SessionStateNotAllowedError
   | QueryTimeoutError
 
 /**
@@ -262,8 +288,10 @@ export const toSqlError = (error: PoolError): SqlError => {
   })
 }
 
+/** Refusals of what the caller asked, rather than of when: they come back as authorization errors. */
 const isTenantError = (error: PoolError): boolean =>
-  error._tag === "TenantRequiredError" || error._tag === "InvalidTenantError" || error._tag === "TenantMismatchError"
+  error._tag === "TenantRequiredError" || error._tag === "InvalidTenantError" || error._tag === "TenantMismatchError" ||
+  error._tag === "SessionStateNotAllowedError"
 
 /**
  * The pool error behind a `SqlError` from a `SqlClient` statement, if the

@@ -51,14 +51,16 @@ describe("the benchmark suite", () => {
       const { code, output } = await run(["bench/run.ts", "--smoke", "--out", out])
       expect(code, output).toBe(0)
       const record = JSON.parse(Fs.readFileSync(Path.join(out, "results", "smoke.json"), "utf8"))
-      expect(Object.keys(record.workloads)).toEqual(["select1", "selectByKey", "selectByKeyTenant", "meshhookJob", "telemetry", "spike"])
+      expect(Object.keys(record.workloads)).toEqual(["select1", "selectByKey", "selectByKeyTenant", "meshhookJob", "telemetry", "sizingTenant", "sizingJob", "spike"])
       expect(record.noisy.map((s: { name: string }) => s.name)).toContain("@meshhook/pool, tenant-fair")
       for (const [name, workload] of Object.entries(record.workloads) as Array<[string, { summaries: Array<any> }]>) {
         const ours = workload.summaries[0]
         expect(ours.name).toMatch(/^@meshhook\/pool/)
         expect(ours.median.opsPerSecond).toBeGreaterThan(0)
         expect(ours.median.errors).toBe(0)
-        if (name !== "telemetry") expect(workload.summaries.map((s) => s.name)).toContain("pg.Pool (defaults)")
+        if (!["telemetry", "sizingTenant", "sizingJob"].includes(name)) {
+          expect(workload.summaries.map((s) => s.name)).toContain("pg.Pool (defaults)")
+        }
       }
       const report = Fs.readFileSync(Path.join(out, "benchmarks.md"), "utf8")
       expect(report).toMatch(/\| @meshhook\/pool \| [\d,]+ \|/)

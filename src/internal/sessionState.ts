@@ -64,12 +64,10 @@ const suspectText =
 export const perText = <A>(f: (sql: string) => A): (sql: string) => A => {
   const remembered = new Map<string, A>()
   return (sql) => {
-    let value = remembered.get(sql)
-    if (value === undefined) {
-      value = f(sql)
-      if (remembered.size >= 1024) remembered.clear()
-      remembered.set(sql, value)
-    }
+    if (remembered.has(sql)) return remembered.get(sql) as A
+    const value = f(sql)
+    if (remembered.size >= 1024) remembered.clear()
+    remembered.set(sql, value)
     return value
   }
 }
@@ -149,3 +147,30 @@ export const isShareable: (sql: string) => boolean = perText((sql) => shareableS
 export const operationName: (sql: string) => string = perText((sql) =>
   (/^\s*(?:\/\*[\s\S]*?\*\/\s*)*([A-Za-z]+)/.exec(sql)?.[1] ?? "UNKNOWN").toUpperCase()
 )
+
+/** Commands whose effect outlives the transaction, by their first words. */
+const sessionCommand =
+  /^\s*(?:set\s+(?!local\b|transaction\b|constraints\b)(?:session\s+)?\S|reset\b|listen\b|unlisten\b|prepare\b|deallocate\b|discard\b|load\b)/i
+
+/** Functions and clauses whose effect outlives the transaction, anywhere in the text. */
+const sessionText: ReadonlyArray<readonly [RegExp, string]> = [
+  [/\bset_config\s*\((?![^()]*,\s*true\s*\))/i, "set_config without is_local = true"],
+  [/\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(/i, "a session advisory lock"],
+  [/\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\b/i, "a temporary table"],
+  [/\bwith\s+hold\b/i, "a holdable cursor"],
+  [/\bdblink_connect(?:_u)?\s*\(/i, "a dblink connection"]
+]
+
+/**
+ * Why a statement could leave session state on its server connection, or
+ * `undefined` when it cannot: what a transaction-mode pooler must not be
+ * sent. It reads the text, so it errs towards refusing.
+ *
+ * @internal
+ */
+export const sessionStateIn: (sql: string) => string | undefined = perText((sql) => {
+  const command = sessionCommand.exec(sql)
+  if (command !== null) return `${command[0].trim().split(/\s+/)[0].toUpperCase()} outside a transaction-local form`
+  for (const [pattern, reason] of sessionText) if (pattern.test(sql)) return reason
+  return undefined
+})

@@ -61,6 +61,8 @@ interface LeaseSettings {
   readonly queryTimeout: number
   /** Cancels what a connection's server session runs. */
   readonly cancel: (connection: PgConnection.PgConnection) => Effect.Effect<void>
+  /** Why a statement must not be sent at all (behind a pooler, session state), if it must not. */
+  readonly refuse: (sql: string) => SqlError | undefined
   /** Telemetry around a statement its caller sent (see `observe` in `make`). */
   readonly observe: <A>(sql: string, scope: Tenant.Scope, effect: Effect.Effect<A, SqlError>) => Effect.Effect<A, SqlError>
 }
@@ -203,6 +205,8 @@ class Lease implements Connection {
    * retry can see. The lease stays in its transaction, so it is closed.
    */
   private query(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
+    const refused = this.settings.refuse(sql)
+    if (refused !== undefined) return Effect.fail(refused)
     if (unwindText.test(sql)) {
       return Effect.catchIf(
         this.submit(sql, params, prepare),
@@ -226,6 +230,8 @@ class Lease implements Connection {
 
   /** As `submit`, for positional rows; the driver returns no command tag for them, so only the text is judged. */
   submitValues(sql: string, params: ReadonlyArray<unknown>, prepare: boolean): Effect.Effect<Values, SqlError> {
+    const refused = this.settings.refuse(sql)
+    if (refused !== undefined) return Effect.fail(refused)
     if (!this.suspect && SessionState.isSuspectText(sql)) this.suspect = true
     return this.onWire(this.entry.connection.queryValues(sql, params, prepare))
   }
@@ -254,6 +260,8 @@ class Lease implements Connection {
     return this.observed(sql, this.guard(this.submitValues(sql, params, false)))
   }
   executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Rows | undefined) {
+    const refused = this.settings.refuse(sql)
+    if (refused !== undefined) return Stream.fail(refused)
     if (!this.suspect && SessionState.isSuspectText(sql)) this.suspect = true
     const stream = Stream.unwrap(this.guard(Effect.succeed(this.entry.connection.stream(sql, params))))
     return transformRows === undefined
@@ -336,10 +344,21 @@ export const make = (
     })
   }
 
+  /** Behind a transaction-mode pooler, session state would reach the pooler's next client: refused. */
+  const refuse = options.behindPooler === "transaction"
+    ? (sql: string): SqlError | undefined => {
+      const reason = SessionState.sessionStateIn(sql)
+      return reason === undefined ? undefined : PoolError.toSqlError(
+        new PoolError.SessionStateNotAllowedError({ statement: JSON.stringify(sql.trim().slice(0, 60)), reason })
+      )
+    }
+    : () => undefined
+
   const leaseSettings: LeaseSettings = {
     tenantSetting: options.tenantSetting,
     queryTimeout: options.queryTimeout,
     cancel,
+    refuse,
     observe
   }
 
@@ -367,7 +386,8 @@ export const make = (
       engine.invalidate(lease.entry)
       return undefined
     }
-    if (lease.suspect || options.sessionCheck === "always") return checkSession(lease)
+    // Behind a pooler the check would look at whichever server connection it got: meaningless.
+    if (options.behindPooler === "none" && (lease.suspect || options.sessionCheck === "always")) return checkSession(lease)
     engine.release(lease.entry)
     return undefined
   }
@@ -474,16 +494,20 @@ export const make = (
     sql: string,
     viaShare: (connection: PgConnection.PgConnection) => Effect.Effect<A, SqlError>,
     viaLease: (lease: Lease) => Effect.Effect<A, SqlError>
-  ): Effect.Effect<A, SqlError> =>
-    observe(
+  ): Effect.Effect<A, SqlError> => {
+    const refused = refuse(sql)
+    return observe(
       sql,
       scope,
-      scope._tag === "Tenant"
+      refused !== undefined
+        ? Effect.fail(refused)
+        : scope._tag === "Tenant"
         ? withLease(scope, (lease) => lease.tenantStatement(viaLease(lease)))
         : options.pipelineDepth > 1 && SessionState.isShareable(sql)
         ? onShare(viaShare)
         : withLease(scope, viaLease)
     )
+  }
 
   const rows = (scope: Tenant.Scope, sql: string, params: ReadonlyArray<unknown>, prepare: boolean) =>
     statement(

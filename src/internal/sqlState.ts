@@ -14,7 +14,9 @@ export const sqlStateOf = (error: SqlError): string | undefined => {
 
 /**
  * SQLSTATEs that waiting will not cure: bad credentials (class 28), a missing
- * database (3D000) or a role without `LOGIN`/`CONNECT` rights (42501).
+ * database (3D000) or a role without `LOGIN`/`CONNECT` rights (42501); and
+ * the same refusals from PgBouncer, which sends them as 08P01 with its own
+ * words.
  */
 const fatalConnectStates = new Set(["3D000", "42501"])
 
@@ -27,8 +29,12 @@ const fatalConnectStates = new Set(["3D000", "42501"])
 export const isFatalConnectError = (error: SqlError): boolean => {
   if (error.reason._tag === "AuthenticationError" || error.reason._tag === "AuthorizationError") return true
   const state = sqlStateOf(error)
+  if (state === "08P01") return poolerRefusal.test(serverMessage(error))
   return state !== undefined && (state.startsWith("28") || fatalConnectStates.has(state))
 }
+
+/** PgBouncer's words for bad credentials or an unknown database, all under 08P01. */
+const poolerRefusal = /authentication failed|no such user|does not exist|not allowed to connect/i
 
 /**
  * A one-line description of a driver error for logs and other errors. It
@@ -53,4 +59,14 @@ export const describe = (error: SqlError): string => {
  *
  * @internal
  */
-export const isOutOfSlots = (error: SqlError): boolean => sqlStateOf(error) === "53300"
+export const isOutOfSlots = (error: SqlError): boolean => {
+  const state = sqlStateOf(error)
+  // PgBouncer says it with a protocol violation code and its own words.
+  return state === "53300" || (state === "08P01" && /no more connections allowed/i.test(serverMessage(error)))
+}
+
+/** The server's own message behind a driver error. */
+const serverMessage = (error: SqlError): string => {
+  const cause = error.reason.cause
+  return cause instanceof Error ? cause.message : ""
+}

@@ -22,6 +22,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { createRequire } from "node:module"
+import { type RunAs, runAsUser as runAsAccount } from "./internal/process.ts"
 
 /**
  * Starting, stopping or preparing the throwaway server failed. `log` holds the
@@ -94,23 +95,11 @@ export interface PgServer {
  */
 export class PgServerService extends Context.Service<PgServerService, PgServer>()("@meshhook/pool/testing/PgServer") {}
 
-interface RunAs {
-  readonly uid: number
-  readonly gid: number
-}
-
 const superuser = "postgres"
 
 /** Who the server runs as: ourselves, or an unprivileged account when we are root. */
-const runAsUser = (): RunAs | undefined => {
-  if (process.getuid?.() !== 0) return undefined
-  const passwd = Fs.readFileSync("/etc/passwd", "utf8").split("\n").map((line) => line.split(":"))
-  for (const name of ["postgres", "nobody"]) {
-    const entry = passwd.find((fields) => fields[0] === name)
-    if (entry !== undefined) return { uid: Number(entry[2]), gid: Number(entry[3]) }
-  }
-  throw new PgServerError({ message: "Running as root, and neither a postgres nor a nobody account exists to run PostgreSQL" })
-}
+const runAsUser = (): RunAs | undefined =>
+  runAsAccount((accounts) => new PgServerError({ message: `Running as root, and ${accounts} to run PostgreSQL` }))
 
 const hasServerBinaries = (dir: string): boolean =>
   Fs.existsSync(Path.join(dir, "postgres")) && Fs.existsSync(Path.join(dir, "initdb"))

@@ -7,6 +7,9 @@
 /** A throwaway PostgreSQL server. @since 0.1.0 */
 export * as PgServer from "./PgServer.ts"
 
+/** A throwaway PgBouncer in front of a PostgreSQL server. @since 0.1.0 */
+export * as PgBouncer from "./PgBouncer.ts"
+
 /** The pool on an in-memory, scripted database, for unit tests. @since 0.1.0 */
 export * as PoolTest from "./PoolTest.ts"
 

@@ -8,7 +8,7 @@ import * as Redacted from "effect/Redacted"
 import * as Database from "../../examples/meshhook/database.ts"
 import * as Pool from "../../src/Pool.ts"
 import type * as PoolConfig from "../../src/PoolConfig.ts"
-import { databaseUrl } from "./pg.ts"
+import { behindPooler, databaseUrl } from "./pg.ts"
 
 export class MeshHookDb extends Context.Service<MeshHookDb, Database.MeshHookDatabase>()("test/MeshHookDb") {
   static readonly layer = (options: Database.Options = {}) =>
@@ -18,4 +18,4 @@ export class MeshHookDb extends Context.Service<MeshHookDb, Database.MeshHookDat
 /** A pool that logs in as the worker role and sets MeshHook's tenant setting. */
 export const workerPool = (options: PoolConfig.Options = {}) =>
   Layer.unwrap(Effect.map(Effect.service(MeshHookDb), (db) =>
-    Pool.layer({ url: db.workerUrl, tenantSetting: Database.tenantSetting, ...options })))
+    Pool.layer({ url: db.workerUrl, tenantSetting: Database.tenantSetting, behindPooler: behindPooler(), ...options })))

@@ -13,6 +13,9 @@ import type * as PoolConfig from "../../src/PoolConfig.ts"
 
 export const databaseUrl = (): string => inject("databaseUrl")
 
+/** What the test pools sit behind: a transaction-mode PgBouncer in the `pgbouncer` project. */
+export const behindPooler = (): "none" | "transaction" => inject("behindPooler") ?? "none"
+
 /** A name no other test uses, for tables and application names. */
 export const uniqueName = (prefix: string): string => `${prefix}_${randomBytes(4).toString("hex")}`
 
@@ -43,4 +46,5 @@ export const eventually = <E, R>(
   })
 
 /** The pool layer on the test server. */
-export const poolLayer = (options: PoolConfig.Options = {}) => Pool.layer({ url: databaseUrl(), ...options })
+export const poolLayer = (options: PoolConfig.Options = {}) =>
+  Pool.layer({ url: databaseUrl(), behindPooler: behindPooler(), ...options })
