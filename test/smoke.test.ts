@@ -7,6 +7,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { describe, expect, it } from "vitest"
+import { findBinary } from "../src/testing/PgBouncer.ts"
 import { databaseUrl } from "./support/pg.ts"
 
 const root = Path.resolve(import.meta.dirname, "..")
@@ -69,4 +70,25 @@ describe("the benchmark suite", () => {
       Fs.rmSync(out, { recursive: true, force: true })
     }
   }, 180_000)
+})
+
+describe.skipIf(findBinary() === undefined && process.env.MESHHOOK_REQUIRE_PGBOUNCER !== "1")("the multi-process check", () => {
+  it("worker processes through PgBouncer stay within its server budget, and no row crosses tenants", async () => {
+    const out = Path.join(Fs.mkdtempSync(Path.join(Os.tmpdir(), "meshhook-multi-")), "result.json")
+    const { code, output } = await run([
+      "bench/multiprocess.ts",
+      "--processes", "3", "--max", "6", "--budget", "4", "--workers", "10", "--seconds", "2", "--rounds", "1", "--out", out
+    ])
+    expect(code, output).toBe(0)
+    const result = JSON.parse(Fs.readFileSync(out, "utf8"))
+    expect(result.crossTenantRows).toBe(0)
+    // Through PgBouncer the three pools (18 connections) share its 4 server connections.
+    expect(result.modes.pgbouncer.peakServerConnections).toBeLessThanOrEqual(4)
+    expect(result.modes.direct.peakServerConnections).toBeLessThanOrEqual(18)
+    expect(result.modes.direct.peakServerConnections).toBeGreaterThan(4)
+    for (const mode of ["direct", "pgbouncer"]) {
+      expect(result.modes[mode].jobsPerSecond).toBeGreaterThan(0)
+      expect(result.modes[mode].errors).toEqual([{}])
+    }
+  }, 120_000)
 })
