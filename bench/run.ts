@@ -250,6 +250,21 @@ END;
   }
 ]
 
+/**
+ * The adaptive pool learns its size under steady load, and the rounds of a
+ * comparison are short and interleaved: it gets a learning period of its own
+ * before them (fixed sizes have nothing to learn).
+ */
+const learningMillis = { smoke: 0, quick: 20_000, full: 40_000 }[mode]
+const learning = (contender: Contender, millis: number): Contender => ({
+  ...contender,
+  setup: async () => {
+    const prepared = await contender.setup()
+    if (millis > 0) await prepared.round(millis)
+    return prepared
+  }
+})
+
 const clientContenders = (workload: Workload): Array<Contender> => {
   const target = (applicationName: string): Clients.Target => ({
     url: Redacted.make(workload.url),
@@ -297,8 +312,11 @@ const clientContenders = (workload: Workload): Array<Contender> => {
       ...sweepSizes.map((size) =>
         inProcess(`@meshhook/pool, fixed ${size}`, `bench-fixed-${size}`, (t) => Clients.meshhookPool({ ...t, connections: size }))
       ),
-      inProcess("@meshhook/pool, adaptive", "bench-adaptive", (t) =>
-        Clients.meshhookPool(t, Layer.empty, { sizing: "adaptive", min: 1, max: sweepMax }))
+      learning(
+        inProcess("@meshhook/pool, adaptive", "bench-adaptive", (t) =>
+          Clients.meshhookPool(t, Layer.empty, { sizing: "adaptive", min: 1, max: sweepMax })),
+        learningMillis
+      )
     ]
   }
   const list: Array<Contender> = [
@@ -325,9 +343,7 @@ try {
   for (const workload of workloads) {
     if (only !== undefined && !only.includes(workload.name)) continue
     log(`\n${workload.title}: ${settings.rounds} rounds of ${workload.spike ? "one burst" : `${settings.roundMillis / 1000} s`}, ${workload.callers} callers, ${connections} connections`)
-    // The adaptive pool learns its size under load: every contender of a sizing sweep gets time to settle.
-    const warmupMillis = workload.sizing && mode !== "smoke" ? 20_000 : settings.warmupMillis
-    const summaries = await compare(clientContenders(workload), { ...settings, warmupMillis, backendsOf, log })
+    const summaries = await compare(clientContenders(workload), { ...settings, backendsOf, log })
     results[workload.name] = { title: workload.title, summaries }
     console.log(`\n${workload.title}\n${Report.table(summaries)}`)
   }

@@ -108,7 +108,8 @@ describe("the sizing controller", () => {
     // Fewer callers than connections: nobody waits, so the controller has nothing to decide.
     w.callers = 4
     const quiet = simulate(controller, w, 50)
-    assert.isTrue(quiet.every((l) => l === before))
+    // At most a trial in progress is undone; then nothing changes.
+    assert.isTrue(quiet.every((l) => l === quiet[0]), quiet.join(","))
     // The database gets twice the cores: trials upwards pay off again.
     w.callers = 64
     w.knee = 16
@@ -116,6 +117,19 @@ describe("the sizing controller", () => {
     const { mode } = steadiness(grown.slice(-50))
     assert.isAtLeast(mode, 15)
     assert.isAtMost(mode, 22)
+  })
+
+  it("undoes a trial the load stopped in the middle of: only proven limits stay", () => {
+    const controller = Sizing.make({ min: 1, max: 32 })
+    const busy = { completions: 1000, serviceMillis: 8, waitMillis: 1, pending: 32, peakUsed: 32, open: 32, refused: 0, intervalMillis: 500 }
+    // One interval to settle in, two to compare with, and the fourth starts a trial.
+    for (let i = 0; i < 3; i++) controller.next(busy)
+    const trial = controller.next(busy)
+    assert.strictEqual(trial?.kind, "trial_down")
+    const idle = { ...busy, completions: 0, pending: 0, peakUsed: 0, waitMillis: 0 }
+    const undone = controller.next(idle)
+    assert.deepStrictEqual([undone?.kind, undone?.to], ["revert", 32])
+    assert.match(undone!.reason, /the load stopped during the trial of \d+: back to 32/)
   })
 
   it("backs off to the connections it has when the server refuses more", () => {
@@ -152,6 +166,7 @@ describe("the sizing controller", () => {
       if (change !== undefined) reasons.push(`${change.from}→${change.to}: ${change.reason}`)
     }
     assert.match(reasons[0], /^32→30: all 32 connections in use, checkouts at 1\.0× their fastest: trying 30$/)
+    assert.isTrue(reasons.every((r) => /: (trying \d+|back to \d+)$/.test(r)), reasons.join("\n"))
     assert.isTrue(reasons.some((r) => /throughput fell \d+% with \d+ connections: back to \d+/.test(r)), reasons.join("\n"))
   })
 })

@@ -116,6 +116,8 @@ export const make = (settings: Settings): Controller => {
   let trial: Trial | undefined
   /** The fastest mean checkout seen: the no-load baseline. It forgets slowly, as workloads change. */
   let baseline = Infinity
+  /** Whether the last interval was busy: the first busy one after a quiet spell is only half a measure. */
+  let wasBusy = false
   /** Throughput of the last busy intervals outside trials, per second, and callers' wait plus checkout then. */
   const recentRates: Array<number> = []
   let response = 0
@@ -192,10 +194,13 @@ export const make = (settings: Settings): Controller => {
       )
     }
     if (trial !== undefined) {
-      // The load fell while trying: nothing was learnt, and fewer connections are no harm.
+      // The load fell while trying: nothing was learnt, so the limit goes back to where it was proven.
       if (!busy) {
+        const abandoned = trial
         trial = undefined
-        return undefined
+        recentRates.length = 0
+        wasBusy = false
+        return change(abandoned.from, "revert", `the load stopped during the trial of ${abandoned.to}: back to ${abandoned.from}`)
       }
       if (++trial.intervals === 1) return undefined
       trial.rate += rate
@@ -206,8 +211,15 @@ export const make = (settings: Settings): Controller => {
       trial = undefined
       return judge(current)
     }
-    if (!busy) return undefined
-    recentRates.push(rate)
+    if (!busy) {
+      // The load changed: what was measured before says nothing about what comes.
+      recentRates.length = 0
+      wasBusy = false
+      return undefined
+    }
+    // The first busy interval after a quiet one was partly quiet: not a measure of anything.
+    if (wasBusy) recentRates.push(rate)
+    wasBusy = true
     if (recentRates.length > 5) recentRates.shift()
     response = response === 0 ? responseNow : response * 0.7 + responseNow * 0.3
     // A trial needs a few intervals to compare with.
