@@ -2,10 +2,15 @@ import { defineConfig } from "vitest/config"
 import { findBinary } from "./src/testing/PgBouncer.ts"
 
 /**
- * Suites that also run through a transaction-mode PgBouncer: the core and tenant isolation. Resilience
- * behind PgBouncer (its restart, the server going away behind it) is test/pgbouncer.pg.test.ts.
+ * Suites that also run through a transaction-mode PgBouncer: the core, tenant isolation and the faults.
+ * PgBouncer's own failures (its restart, its refusals) are test/pgbouncer.pg.test.ts.
  */
-const throughPgBouncer = ["test/pool.pg.test.ts", "test/tenant.pg.test.ts", "test/isolation.pg.test.ts"]
+const throughPgBouncer = [
+  "test/pool.pg.test.ts",
+  "test/tenant.pg.test.ts",
+  "test/isolation.pg.test.ts",
+  "test/faults.pg.test.ts"
+]
 
 // CI installs PgBouncer and requires it; elsewhere the suites run directly when it is missing.
 const withPgBouncer = findBinary() !== undefined || process.env.MESHHOOK_REQUIRE_PGBOUNCER === "1"

@@ -58,6 +58,23 @@ export const latencyStats = (latencies: ArrayLike<number>) => {
   }
 }
 
+/** What a round measured, from its latencies and the CPU time Node spent since `started`. */
+const roundResult = (
+  latencies: ReadonlyArray<number>,
+  errors: number,
+  cpu: NodeJS.CpuUsage,
+  started: number
+): Omit<RoundResult, "backends"> => {
+  const elapsedMillis = performance.now() - started
+  const used = process.cpuUsage(cpu)
+  return {
+    opsPerSecond: latencies.length / (elapsedMillis / 1_000),
+    ...latencyStats(latencies),
+    errors,
+    cpuPercent: ((used.user + used.system) / 1_000 / elapsedMillis) * 100
+  }
+}
+
 /** Runs `op` from `concurrency` closed loops for `millis`, recording latencies and Node's CPU time. */
 export const closedLoop = async (
   op: () => Promise<unknown>,
@@ -81,14 +98,7 @@ export const closedLoop = async (
     }
   }
   await Promise.all(Array.from({ length: concurrency }, loop))
-  const elapsedMillis = performance.now() - started
-  const used = process.cpuUsage(cpu)
-  return {
-    opsPerSecond: latencies.length / (elapsedMillis / 1_000),
-    ...latencyStats(latencies),
-    errors,
-    cpuPercent: ((used.user + used.system) / 1_000 / elapsedMillis) * 100
-  }
+  return roundResult(latencies, errors, cpu, started)
 }
 
 /** Sends `count` operations at once and waits for all: a spike. */
@@ -106,14 +116,7 @@ export const burst = async (op: () => Promise<unknown>, count: number): Promise<
       errors++
     }
   }))
-  const elapsedMillis = performance.now() - started
-  const used = process.cpuUsage(cpu)
-  return {
-    opsPerSecond: latencies.length / (elapsedMillis / 1_000),
-    ...latencyStats(latencies),
-    errors,
-    cpuPercent: ((used.user + used.system) / 1_000 / elapsedMillis) * 100
-  }
+  return roundResult(latencies, errors, cpu, started)
 }
 
 export interface CompareOptions {

@@ -1,7 +1,8 @@
 /**
  * The multi-process check: several worker processes share one PostgreSQL,
- * directly (each pool opens its own connections) and through one PgBouncer
- * in transaction mode (the pools share its server connections). It measures
+ * directly (each pool opens its own connections: `max` each, or the
+ * PgBouncer budget split between them) and through one PgBouncer in
+ * transaction mode (the pools share its server connections). It measures
  * jobs/s, counts the server connections the workers held at peak, and checks
  * that no row crossed tenants.
  *
@@ -56,10 +57,21 @@ const bouncer = await run(PgBouncer.make({
 }))
 const admin = await run(PgConnection.make({ url: db.adminUrl }))
 const worker = new URL(Redacted.value(db.workerUrl))
-const urls = {
-  direct: worker.toString(),
-  pgbouncer: Redacted.value(bouncer.url({ user: worker.username, password: decodeURIComponent(worker.password), database: db.database }))
-}
+/**
+ * How the processes reach the server: directly with `max` each, directly with the PgBouncer budget split
+ * between them (the same server connections as through PgBouncer, without it), and through PgBouncer.
+ */
+const modes = {
+  direct: { url: worker.toString(), behindPooler: "none", max: poolMax },
+  directBudget: { url: worker.toString(), behindPooler: "none", max: Math.max(1, Math.floor(budget / processes)) },
+  pgbouncer: {
+    url: Redacted.value(bouncer.url({ user: worker.username, password: decodeURIComponent(worker.password), database: db.database })),
+    behindPooler: "transaction",
+    max: poolMax
+  }
+} as const
+type Mode = keyof typeof modes
+const modeNames = Object.keys(modes) as Array<Mode>
 
 /** Server connections of the worker role, now. */
 const serverConnections = () =>
@@ -73,14 +85,14 @@ interface Outcome {
   readonly errors: Record<string, number>
 }
 
-const child = (mode: keyof typeof urls) =>
+const child = (mode: Mode) =>
   new Promise<Outcome>((resolve, reject) => {
     const proc = spawn(process.execPath, [new URL("./multiprocess-worker.ts", import.meta.url).pathname], {
       env: {
         ...process.env,
-        WORKER_URL: urls[mode],
-        BEHIND_POOLER: mode === "pgbouncer" ? "transaction" : "none",
-        POOL_MAX: String(poolMax),
+        WORKER_URL: modes[mode].url,
+        BEHIND_POOLER: modes[mode].behindPooler,
+        POOL_MAX: String(modes[mode].max),
         WORKERS: String(workersPerProcess),
         DURATION_MS: String(durationMillis),
         HTTP_MS: String(httpMillis)
@@ -98,7 +110,17 @@ interface Round {
   readonly errors: Record<string, number>
 }
 
-const round = async (mode: keyof typeof urls): Promise<Round> => {
+/**
+ * Closes PgBouncer's server connections left from a previous round, so that a round counts only its own
+ * (KILL drops them and makes new clients wait; RESUME lets them in again).
+ */
+const dropPooledConnections = async () => {
+  await Effect.runPromise(Effect.andThen(bouncer.admin(`KILL ${db.database}`), bouncer.admin(`RESUME ${db.database}`)))
+  while (await serverConnections() > 0) await new Promise((resolve) => setTimeout(resolve, 50))
+}
+
+const round = async (mode: Mode): Promise<Round> => {
+  await dropPooledConnections()
   let peak = 0
   let sampling = true
   const sampler = (async () => {
@@ -118,13 +140,14 @@ const round = async (mode: keyof typeof urls): Promise<Round> => {
 }
 
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-const results: Record<string, Array<Round>> = { direct: [], pgbouncer: [] }
+const results = Object.fromEntries(modeNames.map((mode) => [mode, [] as Array<Round>])) as Record<Mode, Array<Round>>
 try {
   for (let i = 0; i < rounds; i++) {
-    for (const mode of i % 2 === 0 ? ["direct", "pgbouncer"] as const : ["pgbouncer", "direct"] as const) {
+    // Each round starts with the next mode, so that none always runs first.
+    for (const mode of modeNames.map((_, k) => modeNames[(i + k) % modeNames.length])) {
       const r = await round(mode)
       results[mode].push(r)
-      log(`  ${i + 1}/${rounds} ${mode.padEnd(9)} ${r.jobsPerSecond.toFixed(0).padStart(6)} jobs/s  peak server connections ${r.peakServerConnections}  errors ${JSON.stringify(r.errors)}`)
+      log(`  ${i + 1}/${rounds} ${mode.padEnd(12)} ${r.jobsPerSecond.toFixed(0).padStart(6)} jobs/s  peak server connections ${r.peakServerConnections}  errors ${JSON.stringify(r.errors)}`)
     }
   }
   const crossTenant = await Effect.runPromise(admin.query(Job.crossTenantRows.text, []))

@@ -127,10 +127,16 @@ const meshhook = await Effect.runPromise(
 
 const accounts = settings.scale * 100_000
 const randomAid = () => 1 + Math.floor(Math.random() * accounts)
+
 const selectByKey = (aid: number): Clients.Sql => ({
   text: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
   params: [aid]
 })
+/** Select-by-key as the tenant (pgbench branch) the account belongs to. */
+const selectByKeyInTenant = (client: Clients.Client) => () => {
+  const aid = randomAid()
+  return client.inTenantTransaction(String(Math.floor((aid - 1) / 100_000) + 1), [selectByKey(aid)])
+}
 const httpMillis = 20
 const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
 
@@ -188,10 +194,7 @@ const workloads: ReadonlyArray<Workload> = [
     url: tenantUrl,
     tenantSetting,
     callers,
-    op: (client) => () => {
-      const aid = randomAid()
-      return client.inTenantTransaction(String(Math.floor((aid - 1) / 100_000) + 1), [selectByKey(aid)])
-    },
+    op: selectByKeyInTenant,
     pgbenchScript: `\\set aid random(1, ${accounts})
 \\set bid (:aid - 1) / 100000 + 1
 BEGIN;
@@ -224,10 +227,7 @@ END;
     url: tenantUrl,
     tenantSetting,
     callers,
-    op: (client) => () => {
-      const aid = randomAid()
-      return client.inTenantTransaction(String(Math.floor((aid - 1) / 100_000) + 1), [selectByKey(aid)])
-    },
+    op: selectByKeyInTenant,
     sizing: true
   },
   {

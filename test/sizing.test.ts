@@ -2,7 +2,8 @@
  * The sizing controller against a simulated database: a closed loop of
  * callers, and a server whose time per checkout is flat up to a knee (its
  * cores) and rises in proportion beyond it, so that throughput stops growing
- * there. Deterministic: the noise comes from a seeded generator.
+ * there (or, with `decline`, falls beyond it, as contention costs the server).
+ * Deterministic: the noise comes from a seeded generator.
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Sizing from "../src/internal/sizing.ts"
@@ -18,6 +19,8 @@ interface World {
   readonly noise: number
   /** Connections the server still accepts; beyond, attempts are refused. */
   slots: number
+  /** Throughput lost beyond the knee, per knee's worth of extra connections, e.g. 0.25. */
+  readonly decline: number
 }
 
 const seeded = (seed: number) => () => {
@@ -31,7 +34,9 @@ const simulate = (controller: Sizing.Controller, world: World, intervals: number
   for (let i = 0; i < intervals; i++) {
     const wanted = Math.min(controller.limit(), world.callers)
     const open = Math.min(wanted, world.slots)
-    const service = world.baseMillis * Math.max(1, open / world.knee) * (1 + world.noise * (random() * 2 - 1))
+    const beyond = Math.max(0, open - world.knee) / world.knee
+    const service = world.baseMillis * Math.max(1, open / world.knee) * (1 + world.decline * beyond) *
+      (1 + world.noise * (random() * 2 - 1))
     const completions = Math.round(500 * open / service * (1 + world.noise * (random() * 2 - 1)))
     const pending = world.callers - open
     controller.next({
@@ -56,6 +61,7 @@ const world = (overrides: Partial<World> = {}): World => ({
   baseMillis: 2,
   noise: 0,
   slots: Infinity,
+  decline: 0,
   ...overrides
 })
 
@@ -90,6 +96,18 @@ describe("the sizing controller", () => {
     assert.isAtLeast(share, 0.75, `limits: ${settled.join(",")}`)
     // Trials are brief: the limit never strays far from where it settled.
     assert.isTrue(settled.every((l) => Math.abs(l - mode) <= Math.max(2, mode / 4)), settled.join(","))
+  })
+
+  it("stops at the knee when too many connections cost throughput: the bar is the best the descent held", () => {
+    // At max the server does 57% of its best; 10 connections would beat that, and still be 37% short of the
+    // best. The latency criterion is off here: a workload whose callers spend most of their time outside the
+    // pool (the job's HTTP call) hardly waits longer for a smaller pool, so throughput alone must tell.
+    const controller = Sizing.make({ min: 1, max: 64, latencyTolerance: 100 })
+    const limits = simulate(controller, world({ knee: 16, decline: 0.25, noise: 0.02 }), 200)
+    // From the end of the first descent on, not only after trials upwards have climbed back.
+    const { mode } = steadiness(limits.slice(60))
+    assert.isAtLeast(mode, 14, limits.slice(60).join(","))
+    assert.isAtMost(mode, 20, limits.slice(60).join(","))
   })
 
   it("keeps every connection that adds throughput: below the knee it stays at max", () => {

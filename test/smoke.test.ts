@@ -86,7 +86,9 @@ describe.skipIf(findBinary() === undefined && process.env.MESHHOOK_REQUIRE_PGBOU
     expect(result.modes.pgbouncer.peakServerConnections).toBeLessThanOrEqual(4)
     expect(result.modes.direct.peakServerConnections).toBeLessThanOrEqual(18)
     expect(result.modes.direct.peakServerConnections).toBeGreaterThan(4)
-    for (const mode of ["direct", "pgbouncer"]) {
+    // Directly with the budget split between them: one connection each.
+    expect(result.modes.directBudget.peakServerConnections).toBeLessThanOrEqual(3)
+    for (const mode of ["direct", "directBudget", "pgbouncer"]) {
       expect(result.modes[mode].jobsPerSecond).toBeGreaterThan(0)
       expect(result.modes[mode].errors).toEqual([{}])
     }

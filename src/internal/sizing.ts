@@ -13,11 +13,11 @@
  *    limit, or more when the time a checkout takes has risen above the
  *    fastest seen (its no-load baseline): at twice the baseline, a quarter.
  *    The smaller limit stays if throughput holds within `dropTolerance` of
- *    what it was before the descent began (the median of the last busy
- *    intervals, so that one lucky interval does not set the bar) and callers'
- *    wait plus checkout grows by less than `latencyTolerance`; the next step
- *    is then twice as large. Otherwise the limit goes back, and stays for
- *    `holdIntervals`.
+ *    the bar (at first, the median of the last busy intervals, so that one
+ *    lucky interval does not set it; then the best throughput a step of the
+ *    descent has held) and callers' wait plus checkout grows by less than
+ *    `latencyTolerance`; the next step is then twice as large. Otherwise the
+ *    limit goes back, and stays for `holdIntervals`.
  * 3. After a hold, with callers waiting, it tries a larger limit (an eighth
  *    more, twice as much after each trial kept), kept only if throughput
  *    rises by `gainThreshold`; otherwise back, and hold.
@@ -121,7 +121,7 @@ export const make = (settings: Settings): Controller => {
   /** Throughput of the last busy intervals outside trials, per second, and callers' wait plus checkout then. */
   const recentRates: Array<number> = []
   let response = 0
-  /** The throughput a descent started from: every step of it must hold that. */
+  /** The bar a descent's steps must hold: where it began, then the best a step of it has held. */
   let descentReference = 0
   /** Trials kept in a row, in the current direction: the next may go further. */
   let downStreak = 0
@@ -153,6 +153,10 @@ export const make = (settings: Settings): Controller => {
       if (waited > current.response * (1 + latencyTolerance) && rate < current.reference * (1 + gainThreshold)) {
         return back(current, `callers waited ${percent(waited / current.response - 1)} longer with ${current.to} connections`, "up")
       }
+      // The bar for the rest of the descent is the best it has held: one that began above the knee (more
+      // connections than help, so less throughput) must not go on past it. Under noise this errs towards
+      // more connections, never towards less throughput.
+      descentReference = Math.max(descentReference, rate)
       downStreak++
       recentRates.length = 0
       return undefined

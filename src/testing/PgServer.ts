@@ -18,11 +18,10 @@ import type * as Scope from "effect/Scope"
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { createRequire } from "node:module"
-import { type RunAs, runAsUser as runAsAccount } from "./internal/process.ts"
+import { freePort, isAlive, type RunAs, runAsUser as runAsAccount } from "./internal/process.ts"
 
 /**
  * Starting, stopping or preparing the throwaway server failed. `log` holds the
@@ -171,15 +170,6 @@ const findBinDir = (explicit: string | undefined): string => {
 
 const dataDirPrefix = "meshhook-pgdata-"
 
-const isAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
-
 /**
  * Stops servers left behind by processes that died without stopping them (a
  * test runner killed mid-run), and removes their directories. Each server's
@@ -200,16 +190,6 @@ const reapOrphans = (): void => {
     Fs.rmSync(root, { recursive: true, force: true })
   }
 }
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = Net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address() as Net.AddressInfo
-      server.close(() => resolve(address.port))
-    })
-  })
 
 /** Runs a binary to completion as the server's account, keeping its output for errors. */
 const runTool = (file: string, args: ReadonlyArray<string>, runAs: RunAs | undefined): Promise<void> =>

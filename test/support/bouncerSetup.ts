@@ -22,10 +22,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
       defaultPoolSize: 4,
       maxClientConn: 500
     })
-    return bouncer.url({ user: server.user, password: Redacted.value(server.password) })
+    return { bouncerUrl: bouncer.url({ user: server.user, password: Redacted.value(server.password) }), server }
   })
-  const url = await Effect.runPromise(Scope.provide(started, scope))
-  project.provide("databaseUrl", Redacted.value(url))
+  const { bouncerUrl, server } = await Effect.runPromise(Scope.provide(started, scope))
+  project.provide("databaseUrl", Redacted.value(bouncerUrl))
+  project.provide("serverUrl", Redacted.value(server.url()))
   project.provide("behindPooler", "transaction")
   return () => Effect.runPromise(Scope.close(scope, Exit.void))
 }

@@ -15,6 +15,8 @@ declare module "vitest" {
   export interface ProvidedContext {
     /** A superuser URL of the test server (through PgBouncer in the `pgbouncer` project). */
     readonly databaseUrl: string
+    /** A superuser URL of the test server itself, never through PgBouncer. */
+    readonly serverUrl: string
     /** What the pools of the test files sit behind: `transaction` in the `pgbouncer` project. */
     readonly behindPooler: "none" | "transaction"
   }
@@ -24,6 +26,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const external = process.env.DATABASE_URL
   if (external !== undefined && external !== "") {
     project.provide("databaseUrl", external)
+    project.provide("serverUrl", external)
     project.provide("behindPooler", "none")
     process.env[PgTest.environment.adminUrl] = external
     return async () => {}
@@ -31,6 +34,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const scope = Effect.runSync(Scope.make())
   const server = await Effect.runPromise(Scope.provide(PgServer.make(), scope))
   project.provide("databaseUrl", Redacted.value(server.url()))
+  project.provide("serverUrl", Redacted.value(server.url()))
   project.provide("behindPooler", "none")
   process.env[PgTest.environment.adminUrl] = Redacted.value(server.url())
   return () => Effect.runPromise(Scope.close(scope, Exit.void))

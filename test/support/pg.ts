@@ -13,6 +13,9 @@ import type * as PoolConfig from "../../src/PoolConfig.ts"
 
 export const databaseUrl = (): string => inject("databaseUrl")
 
+/** The test server itself, never through PgBouncer: for tests that must reach its backends. */
+export const serverUrl = (): string => inject("serverUrl")
+
 /** What the test pools sit behind: a transaction-mode PgBouncer in the `pgbouncer` project. */
 export const behindPooler = (): "none" | "transaction" => inject("behindPooler") ?? "none"
 
