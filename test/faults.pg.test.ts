@@ -308,6 +308,24 @@ describe("faults", () => {
       })).pipe(Effect.provide(capture))
   }, 30_000)
 
+  it.live("a backend terminated while its transaction is idle: a typed, retryable failure, not a defect", () =>
+    withPool({ url: databaseUrl(), max: 1 }, ({ sql }) =>
+      Effect.gen(function*() {
+        const side = yield* admin
+        const exit = yield* Effect.exit(sql.withTransaction(Effect.gen(function*() {
+          const [row] = yield* sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
+          yield* side.query("SELECT pg_terminate_backend($1)", [row.pid])
+          // The server's FATAL error arrives while the transaction is idle, before the next statement.
+          yield* Effect.sleep(200)
+          yield* sql`SELECT 1`
+        })))
+        const failure = Exit.findErrorOption(exit)
+        assert.strictEqual(failure._tag, "Some", `a failure, not a defect: ${String(Exit.isFailure(exit) ? exit.cause : "")}`)
+        if (failure._tag === "Some") assert.isTrue(Retry.isTransient(failure.value), String(failure.value))
+        // The ROLLBACK on the dead connection did not stick: the pool replaced it.
+        assert.deepStrictEqual(yield* sql`SELECT 1 AS one`, [{ one: 1 }])
+      })), 30_000)
+
   it.live("Retry.idempotent rides over a killed backend; Retry.transaction re-runs a serialization failure", () => {
     const table = uniqueName("retry")
     return withPool({ url: databaseUrl(), max: 2 }, ({ sql }) =>

@@ -203,6 +203,10 @@ class Lease implements Connection {
    * succeeds: the server drops the transaction with the connection, and
    * `effect/sql` would otherwise turn the failure into a defect that no
    * retry can see. The lease stays in its transaction, so it is closed.
+   * Lost means a socket failure, or the driver retired the connection: a
+   * backend terminated while the transaction was idle sends its FATAL error
+   * (57P01) before any statement, and the driver fails every later one
+   * with it.
    */
   private query(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
     const refused = this.settings.refuse(sql)
@@ -210,7 +214,7 @@ class Lease implements Connection {
     if (unwindText.test(sql)) {
       return Effect.catchIf(
         this.submit(sql, params, prepare),
-        (error) => error.reason._tag === "ConnectionError",
+        (error) => error.reason._tag === "ConnectionError" || this.entry.broken,
         () => Effect.succeed(unwoundResult)
       )
     }
