@@ -21,6 +21,7 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import { SqlError } from "effect/sql/SqlError"
@@ -570,7 +571,11 @@ describe.skipIf(skipReason !== undefined)(`PgBouncer 1.18 in transaction mode${s
               return error
             }))
 
-          const second = yield* Effect.promise(() => SimpleQuery.connect(target))
+          // PgBouncer sees the pool's connection go a moment after the pool closed it: until then, no room.
+          const second = yield* Effect.retry(
+            Effect.tryPromise(() => SimpleQuery.connect(target)),
+            { times: 100, schedule: Schedule.spaced("50 millis") }
+          )
           const wire = told(yield* rejection(() => SimpleQuery.connect(target)))
           const driver = told(yield* Effect.flip(Effect.scoped(PgConnection.make({ url }))))
           // Through the pool, at start-up: no first connection within initializationTimeout.
