@@ -58,6 +58,17 @@ export const latencyStats = (latencies: ArrayLike<number>) => {
   }
 }
 
+/** `op`, recording its latency when it succeeds and calling `failed` when it does not. */
+const timer = (op: () => Promise<unknown>, latencies: Array<number>, failed: () => void) => async (): Promise<void> => {
+  const t0 = performance.now()
+  try {
+    await op()
+    latencies.push(performance.now() - t0)
+  } catch {
+    failed()
+  }
+}
+
 /** What a round measured, from its latencies and the CPU time Node spent since `started`. */
 const roundResult = (
   latencies: ReadonlyArray<number>,
@@ -86,16 +97,9 @@ export const closedLoop = async (
   const cpu = process.cpuUsage()
   const started = performance.now()
   const until = started + millis
+  const timed = timer(op, latencies, () => errors++)
   const loop = async () => {
-    while (performance.now() < until) {
-      const t0 = performance.now()
-      try {
-        await op()
-        latencies.push(performance.now() - t0)
-      } catch {
-        errors++
-      }
-    }
+    while (performance.now() < until) await timed()
   }
   await Promise.all(Array.from({ length: concurrency }, loop))
   return roundResult(latencies, errors, cpu, started)
@@ -107,15 +111,7 @@ export const burst = async (op: () => Promise<unknown>, count: number): Promise<
   let errors = 0
   const cpu = process.cpuUsage()
   const started = performance.now()
-  await Promise.all(Array.from({ length: count }, async () => {
-    const t0 = performance.now()
-    try {
-      await op()
-      latencies.push(performance.now() - t0)
-    } catch {
-      errors++
-    }
-  }))
+  await Promise.all(Array.from({ length: count }, timer(op, latencies, () => errors++)))
   return roundResult(latencies, errors, cpu, started)
 }
 
