@@ -110,6 +110,15 @@ describe("the sizing controller", () => {
     assert.isAtMost(mode, 20, limits.slice(60).join(","))
   })
 
+  it("once settled, tries less and less often: failed trials in a row lengthen the hold", () => {
+    const controller = Sizing.make({ min: 1, max: 64 })
+    const limits = simulate(controller, world({ noise: 0.02 }), 400).slice(200)
+    const changes = limits.filter((limit, i) => i > 0 && limit !== limits[i - 1]).length
+    // A trial and its revert are two changes: at most four trials in 200 intervals (every ~13 without the backoff).
+    assert.isAtMost(changes, 8, limits.join(","))
+    assert.isAtLeast(steadiness(limits).share, 0.9, limits.join(","))
+  })
+
   it("keeps every connection that adds throughput: below the knee it stays at max", () => {
     const controller = Sizing.make({ min: 2, max: 6 })
     const limits = simulate(controller, world({ knee: 8 }), 100)

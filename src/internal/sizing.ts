@@ -17,7 +17,9 @@
  *    lucky interval does not set it; then the best throughput a step of the
  *    descent has held) and callers' wait plus checkout grows by less than
  *    `latencyTolerance`; the next step is then twice as large. Otherwise the
- *    limit goes back, and stays for `holdIntervals`.
+ *    limit goes back, and stays for `holdIntervals`, twice as long after
+ *    each failed trial in a row (up to eight times): a pool that has found
+ *    its size stops paying for trials, and one kept trial resets it.
  * 3. After a hold, with callers waiting, it tries a larger limit (an eighth
  *    more, twice as much after each trial kept), kept only if throughput
  *    rises by `gainThreshold`; otherwise back, and hold.
@@ -63,7 +65,7 @@ export interface Settings {
   readonly latencyTolerance?: number | undefined
   /** Share of throughput a larger limit must add to be kept. Default 0.1. */
   readonly gainThreshold?: number | undefined
-  /** Intervals to stay at a limit after a trial failed. Default 10. */
+  /** Intervals to stay at a limit after a trial failed (doubling with each failure in a row). Default 10. */
   readonly holdIntervals?: number | undefined
 }
 
@@ -85,6 +87,9 @@ export interface Controller {
 
 /** Intervals a trial lasts: one to settle in, two measured. */
 const trialIntervals = 3
+
+/** The hold after failed trials grows to at most `holdIntervals` × 2^this (80 s at the defaults). */
+const maxHoldDoublings = 3
 
 interface Trial {
   readonly from: number
@@ -123,6 +128,8 @@ export const make = (settings: Settings): Controller => {
   let response = 0
   /** The bar a descent's steps must hold: where it began, then the best a step of it has held. */
   let descentReference = 0
+  /** Trials failed in a row: the hold after the next failure is longer. */
+  let failedInARow = 0
   /** Trials kept in a row, in the current direction: the next may go further. */
   let downStreak = 0
   let upStreak = 0
@@ -135,7 +142,9 @@ export const make = (settings: Settings): Controller => {
   }
 
   const back = (current: Trial, reason: string, then: "down" | "up"): Change | undefined => {
-    holdUntil = interval + holdIntervals
+    // Each failure in a row doubles the hold: a pool that has found its size stops paying for trials.
+    holdUntil = interval + holdIntervals * 2 ** Math.min(failedInARow, maxHoldDoublings)
+    failedInARow++
     downStreak = 0
     upStreak = 0
     direction = then
@@ -157,11 +166,13 @@ export const make = (settings: Settings): Controller => {
       // connections than help, so less throughput) must not go on past it. Under noise this errs towards
       // more connections, never towards less throughput.
       descentReference = Math.max(descentReference, rate)
+      failedInARow = 0
       downStreak++
       recentRates.length = 0
       return undefined
     }
     if (rate >= current.reference * (1 + gainThreshold)) {
+      failedInARow = 0
       upStreak++
       recentRates.length = 0
       return undefined
