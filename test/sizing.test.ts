@@ -159,6 +159,26 @@ describe("the sizing controller", () => {
     assert.match(undone!.reason, /the load stopped during the trial of \d+: back to 32/)
   })
 
+  it("under bursts shorter than a trial, tries less and less often: nothing can be learnt from them", () => {
+    const controller = Sizing.make({ min: 1, max: 32 })
+    const busy = { completions: 1000, serviceMillis: 8, waitMillis: 1, pending: 32, peakUsed: 32, open: 32, refused: 0, intervalMillis: 500 }
+    const idle = { ...busy, completions: 0, pending: 0, peakUsed: 0, waitMillis: 0 }
+    const trials: Array<number> = []
+    // Bursts of five busy intervals, five quiet ones between: a trial starts in each burst it may, and the
+    // burst ends before the trial is judged.
+    for (let i = 0; i < 400; i++) {
+      const change = controller.next(i % 10 < 5 ? busy : idle)
+      if (change?.kind === "trial_down") trials.push(i)
+    }
+    assert.isAtLeast(trials.length, 3)
+    const gaps = trials.slice(1).map((at, k) => at - trials[k])
+    // The gaps grow to the longest hold (80 intervals), instead of a trial every burst.
+    assert.isAtLeast(gaps[gaps.length - 1], 80, trials.join(","))
+    assert.isAtMost(trials.length, 10, trials.join(","))
+    // Every trial was undone: the limit is where it was proven.
+    assert.strictEqual(controller.limit(), 32)
+  })
+
   it("backs off to the connections it has when the server refuses more", () => {
     const controller = Sizing.make({ min: 2, max: 64 })
     const changes: Array<Sizing.Change> = []

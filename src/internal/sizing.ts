@@ -23,7 +23,9 @@
  * 3. After a hold, with callers waiting, it tries a larger limit (an eighth
  *    more, twice as much after each trial kept), kept only if throughput
  *    rises by `gainThreshold`; otherwise back, and hold.
- * 4. A server that refuses connections for lack of slots (SQLSTATE 53300,
+ * 4. A trial the load stops in is undone, and held off like a failure: load
+ *    in bursts shorter than a trial teaches nothing.
+ * 5. A server that refuses connections for lack of slots (SQLSTATE 53300,
  *    or a pooler's "no more connections") caps the limit at what is open.
  *
  * A trial is judged on the two intervals after the one in which it settles
@@ -141,10 +143,14 @@ export const make = (settings: Settings): Controller => {
     return limit === from ? undefined : { from, to: limit, kind, reason }
   }
 
-  const back = (current: Trial, reason: string, then: "down" | "up"): Change | undefined => {
-    // Each failure in a row doubles the hold: a pool that has found its size stops paying for trials.
+  /** Each failure in a row doubles the hold: a pool that has found its size stops paying for trials. */
+  const hold = (): void => {
     holdUntil = interval + holdIntervals * 2 ** Math.min(failedInARow, maxHoldDoublings)
     failedInARow++
+  }
+
+  const back = (current: Trial, reason: string, then: "down" | "up"): Change | undefined => {
+    hold()
     downStreak = 0
     upStreak = 0
     direction = then
@@ -209,10 +215,12 @@ export const make = (settings: Settings): Controller => {
       )
     }
     if (trial !== undefined) {
-      // The load fell while trying: nothing was learnt, so the limit goes back to where it was proven.
+      // The load fell while trying: nothing was learnt, so the limit goes back to where it was proven. Load
+      // in bursts shorter than a trial teaches nothing either: it is held off like a failure.
       if (!busy) {
         const abandoned = trial
         trial = undefined
+        hold()
         recentRates.length = 0
         wasBusy = false
         return change(abandoned.from, "revert", `the load stopped during the trial of ${abandoned.to}: back to ${abandoned.from}`)
