@@ -89,57 +89,62 @@ describe("faults", () => {
   it.live("backend-kill storm: acknowledged writes survive, nobody hangs, errors are typed, health returns", () => {
     const app = uniqueName("storm")
     const table = uniqueName("storm")
-    return Effect.flatMap(target(Redacted.make(serverUrl())), ({ backends, url }) =>
-      withPool({ url, applicationName: app, min: 4, max: 4, acquireTimeout: 3_000 }, ({ pool, sql }) =>
-      Effect.gen(function*() {
-        const side = yield* PgConnection.make({ url: Redacted.make(serverUrl()) })
-        yield* sql`CREATE TABLE ${sql(table)} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)`
-        const acknowledged: Array<string> = []
-        const failures: Array<string> = []
-        let running = true
-        const writer = Effect.gen(function*() {
-          while (running) {
-            const exit = yield* Effect.exit(sql<{ id: string }>`INSERT INTO ${sql(table)} (v) VALUES (1) RETURNING id::text`)
-            if (Exit.isSuccess(exit)) acknowledged.push(exit.value[0].id)
-            else failures.push(failureName(exit))
+    return Effect.gen(function*() {
+      const { backends, url } = yield* target(Redacted.make(serverUrl()))
+      yield* withPool({ url, applicationName: app, min: 4, max: 4, acquireTimeout: 3_000 }, ({ pool, sql }) =>
+        Effect.gen(function*() {
+          const side = yield* PgConnection.make({ url: Redacted.make(serverUrl()) })
+          yield* sql`CREATE TABLE ${sql(table)} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)`
+          const acknowledged: Array<string> = []
+          const failures: Array<string> = []
+          let running = true
+          const writer = Effect.gen(function*() {
+            while (running) {
+              const exit = yield* Effect.exit(sql<{ id: string }>`INSERT INTO ${sql(table)} (v) VALUES (1) RETURNING id::text`)
+              if (Exit.isSuccess(exit)) acknowledged.push(exit.value[0].id)
+              else failures.push(failureName(exit))
+            }
+          })
+          const writers = yield* Effect.forkChild(Effect.all(Array.from({ length: 16 }, () => writer), {
+            concurrency: "unbounded",
+            discard: true
+          }))
+          const killedPerRound: Array<number> = []
+          for (let round = 0; round < 15; round++) {
+            yield* Effect.sleep(200)
+            const pids = yield* backends(side, app)
+            const killed = yield* side.query(
+              "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM unnest($1::int[]) AS pid",
+              [pids]
+            )
+            killedPerRound.push(killed.rows[0].n as number)
           }
-        })
-        const writers = yield* Effect.forkChild(Effect.all(Array.from({ length: 16 }, () => writer), {
-          concurrency: "unbounded",
-          discard: true
-        }))
-        let kills = 0
-        for (let round = 0; round < 15; round++) {
-          yield* Effect.sleep(200)
-          const pids = yield* backends(side, app)
-          const killed = yield* side.query(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM unnest($1::int[]) AS pid",
-            [pids]
+          const kills = killedPerRound.reduce((sum, n) => sum + n, 0)
+          const stormOver = Date.now()
+          running = false
+          const finished = yield* Effect.timeoutOption(Fiber.await(writers), 10_000)
+          assert.isTrue(finished._tag === "Some", "every writer finished")
+          const healthy = yield* eventually(
+            Effect.map(Effect.exit(Effect.andThen(sql`SELECT 1`, pool.stats)), (exit) => Exit.isSuccess(exit) && exit.value.total === 4),
+            5_000
           )
-          kills += killed.rows[0].n as number
-        }
-        const stormOver = Date.now()
-        running = false
-        const finished = yield* Effect.timeoutOption(Fiber.await(writers), 10_000)
-        assert.isTrue(finished._tag === "Some", "every writer finished")
-        const healthy = yield* eventually(
-          Effect.map(Effect.exit(Effect.andThen(sql`SELECT 1`, pool.stats)), (exit) => Exit.isSuccess(exit) && exit.value.total === 4),
-          5_000
-        )
-        const recoveryMillis = Date.now() - stormOver
-        console.log(`kill storm: ${kills} backends killed, ${acknowledged.length} writes acknowledged, failures ${JSON.stringify(tally(failures))}, healthy again ${recoveryMillis} ms after`)
-        assert.isTrue(healthy)
-        // At least one backend killed in every round (behind PgBouncer its few server connections serve all four).
-        assert.isAtLeast(kills, 15)
-        assert.isAbove(acknowledged.length, 100)
-        const missing = yield* side.query(
-          `SELECT count(*)::int AS n FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE t.id = a.id)`,
-          [acknowledged]
-        )
-        assert.strictEqual(missing.rows[0].n, 0, "every acknowledged write is in the database")
-        assert.deepStrictEqual(failures.filter((name) => name === "untyped" || name === "defect"), [])
-        yield* sql`DROP TABLE ${sql(table)}`
-      })))
+          const recoveryMillis = Date.now() - stormOver
+          console.log(`kill storm: ${kills} backends killed, ${acknowledged.length} writes acknowledged, failures ${JSON.stringify(tally(failures))}, healthy again ${recoveryMillis} ms after`)
+          assert.isTrue(healthy)
+          // A backend killed in every round; directly, several (behind PgBouncer one or two server connections
+          // serve all four pool connections).
+          assert.isTrue(killedPerRound.every((n) => n > 0), killedPerRound.join())
+          if (behindPooler() === "none") assert.isAbove(kills, 15)
+          assert.isAbove(acknowledged.length, 100)
+          const missing = yield* side.query(
+            `SELECT count(*)::int AS n FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE t.id = a.id)`,
+            [acknowledged]
+          )
+          assert.strictEqual(missing.rows[0].n, 0, "every acknowledged write is in the database")
+          assert.deepStrictEqual(failures.filter((name) => name === "untyped" || name === "defect"), [])
+          yield* sql`DROP TABLE ${sql(table)}`
+        }))
+    })
   }, 60_000)
 
   it.live("database restart under load: typed errors while down (directly, from an open circuit), and the first requests after it is back succeed", () =>
