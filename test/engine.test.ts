@@ -204,7 +204,9 @@ describe("engine", () => {
         const waiter = yield* Effect.forkChild(pool.acquire(alone))
         yield* TestClock.adjust(1_000)
         pool.release(held)
-        assert.isTrue(Exit.isFailure(yield* Fiber.await(waiter)))
+        const exit = yield* Fiber.await(waiter)
+        const error = Exit.findErrorOption(exit)
+        assert.strictEqual(error._tag === "Some" ? error.value._tag : undefined, "PoolTimeoutError")
         assert.deepStrictEqual(pool.stats().idle, 1)
       }))
 

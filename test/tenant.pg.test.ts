@@ -14,7 +14,7 @@ import * as Pool from "../src/Pool.ts"
 import * as PoolError from "../src/PoolError.ts"
 import * as Tenant from "../src/Tenant.ts"
 import { MeshHookDb, workerPool } from "./support/meshhook.ts"
-import { admin, behindPooler, eventually } from "./support/pg.ts"
+import { admin, behindPooler, eventually, sqlStateOfExit } from "./support/pg.ts"
 
 const runsPerTenant = 4
 
@@ -91,7 +91,7 @@ layer(MeshHookDb.layer({ tenants: 6, runsPerTenant }), { excludeTestServices: tr
       const forged = yield* Effect.exit(Tenant.with(b)(
         sql`INSERT INTO workflow_events (project_id, run_id, type, payload) VALUES (${a}, ${run.id}, 'forged', '{}')`
       ))
-      assert.isTrue(Exit.isFailure(forged))
+      assert.strictEqual(sqlStateOfExit(forged), "42501", "new row violates row-level security policy")
       const forgedRows = yield* Tenant.with(a)(sql`SELECT 1 FROM workflow_events WHERE type = 'forged'`)
       assert.strictEqual(forgedRows.length, 0)
     }).pipe(Effect.provide(workerPool())))
@@ -153,7 +153,7 @@ layer(MeshHookDb.layer({ tenants: 6, runsPerTenant }), { excludeTestServices: tr
       const attack = `${db.projects[0]}', false); DROP TABLE projects; --`
       const exit = yield* Effect.exit(Tenant.with(attack)(sql`SELECT 1 FROM projects`))
       // The policy casts the setting to uuid: the statement fails, nothing runs.
-      assert.isTrue(Exit.isFailure(exit))
+      assert.strictEqual(sqlStateOfExit(exit), "22P02", "invalid input syntax for type uuid")
       const projects = yield* Tenant.with(db.projects[0])(sql`SELECT 1 FROM projects`)
       assert.strictEqual(projects.length, 1)
     }).pipe(Effect.provide(workerPool())))

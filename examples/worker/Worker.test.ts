@@ -17,8 +17,11 @@ const run = "5e0f1c2d-2222-4b4b-9b9b-000000000002"
 const claimed = (step: number) => PoolTest.rows("FROM job_queue WHERE vt", [{ msg_id: "17", project_id: project, run_id: run, step }])
 const history = PoolTest.rows("SELECT type FROM workflow_events", [{ type: "run_created" }, { type: "step_succeeded" }])
 
-/** A webhook that answers `status`, and checks that the worker holds no connection while it waits. */
-const webhook = (status: number) =>
+/**
+ * A webhook that answers `status`, and checks what it is sent (the claimed job's step, the run's two
+ * events) and that the worker holds no connection while it waits.
+ */
+const webhook = (status: number, step: number) =>
   Layer.effect(
     Webhook,
     Effect.gen(function*() {
@@ -28,7 +31,7 @@ const webhook = (status: number) =>
           Effect.gen(function*() {
             const stats = yield* pool.stats
             assert.strictEqual(stats.used, 0, "no connection is held during the HTTP call")
-            assert.deepStrictEqual(request, { runId: run, step: request.step, events: 2 })
+            assert.deepStrictEqual(request, { runId: run, step, events: 2 })
             if (status >= 400) return yield* new WebhookError({ status })
             return { status }
           })
@@ -36,9 +39,9 @@ const webhook = (status: number) =>
     })
   )
 
-/** The pool's mock layer with `replies`, and the webhook answering `status`. */
-const scripted = (replies: ReadonlyArray<PoolTest.Reply>, status = 200) =>
-  Layer.provideMerge(webhook(status), PoolTest.layer({ replies, unmatched: "empty" }))
+/** The pool's mock layer with `replies`, and the webhook answering `status` for the job at `step`. */
+const scripted = (replies: ReadonlyArray<PoolTest.Reply>, status = 200, step = 1) =>
+  Layer.provideMerge(webhook(status, step), PoolTest.layer({ replies, unmatched: "empty" }))
 
 describe("Worker.processNext, with the mock layer", () => {
   it.effect("claims without a tenant, then works as the job's tenant, and advances the run", () =>
@@ -58,7 +61,7 @@ describe("Worker.processNext, with the mock layer", () => {
       assert.strictEqual(yield* Worker.processNext, "finished")
       yield* PoolTest.assertRan("SET status = 'succeeded'", { tenant: project })
       yield* PoolTest.assertNotRan("INSERT INTO job_queue")
-    }).pipe(Effect.provide(scripted([claimed(Worker.stepsPerRun), history]))))
+    }).pipe(Effect.provide(scripted([claimed(Worker.stepsPerRun), history], 200, Worker.stepsPerRun))))
 
   it.effect("a refused webhook records the failure and leaves the job for a retry", () =>
     Effect.gen(function*() {

@@ -5,9 +5,11 @@ import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type { SqlError } from "effect/sql/SqlError"
+import * as Exit from "effect/Exit"
+import { SqlError } from "effect/sql/SqlError"
 import { randomBytes } from "node:crypto"
 import { inject } from "vitest"
+import { sqlStateOf } from "../../src/internal/sqlState.ts"
 import * as Pool from "../../src/Pool.ts"
 import type * as PoolConfig from "../../src/PoolConfig.ts"
 
@@ -18,6 +20,12 @@ export const serverUrl = (): string => inject("serverUrl")
 
 /** What the test pools sit behind: a transaction-mode PgBouncer in the `pgbouncer` project. */
 export const behindPooler = (): "none" | "transaction" => inject("behindPooler") ?? "none"
+
+/** The SQLSTATE the server failed an exit with; `undefined` for a success, a defect or a client-side error. */
+export const sqlStateOfExit = (exit: Exit.Exit<unknown, unknown>): string | undefined => {
+  const error = Exit.findErrorOption(exit)
+  return error._tag === "Some" && error.value instanceof SqlError ? sqlStateOf(error.value) : undefined
+}
 
 /** A name no other test uses, for tables and application names. */
 export const uniqueName = (prefix: string): string => `${prefix}_${randomBytes(4).toString("hex")}`
