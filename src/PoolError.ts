@@ -190,7 +190,7 @@ export class TenantMismatchError extends Schema.TaggedError<TenantMismatchError>
 export class SessionStateNotAllowedError extends Schema.TaggedError<SessionStateNotAllowedError>()(
   "SessionStateNotAllowedError",
   {
-    /** The statement's first characters. */
+    /** The statement's command (`SET`, `SELECT`, ...); not its text, which may carry values. */
     statement: Schema.String,
     /** What in it could leave session state. */
     reason: Schema.String

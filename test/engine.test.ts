@@ -382,6 +382,24 @@ describe("engine", () => {
   })
 
   describe("shared connections (pipelining)", () => {
+    it.effect("reports use time for a connection lent alone, not for shares, whose borrowers overlap", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const used: Array<number> = []
+        const pool = yield* makeEngine(script, { max: 1, pipelineDepth: 2, events: { released: (millis) => used.push(millis) } })
+        yield* TestClock.adjust(5_000)
+        const a = yield* pool.acquire(share)
+        const b = yield* pool.acquire(share)
+        yield* TestClock.adjust(30)
+        pool.release(a)
+        pool.release(b)
+        assert.deepStrictEqual(used, [])
+        const held = yield* pool.acquire(alone)
+        yield* TestClock.adjust(40)
+        pool.release(held)
+        assert.deepStrictEqual(used, [40])
+      }))
+
     it.effect("puts up to pipelineDepth statements on one connection before using the next", () =>
       Effect.gen(function*() {
         const script = makeScript()
@@ -733,6 +751,26 @@ describe("engine", () => {
         assert.strictEqual((yield* Effect.flip(Fiber.join(waiter)))._tag, "PoolClosedError")
         pool.release(held)
         yield* Fiber.join(closing)
+        assert.strictEqual(script.openNow(), 0)
+      }))
+
+    it.effect("closes a connection whose keepalive ping is in flight at once, not after shutdownTimeout", () =>
+      Effect.gen(function*() {
+        const { scope, script } = yield* closableEngine({
+          min: 1,
+          max: 1,
+          keepaliveInterval: 10_000,
+          housekeepingInterval: 1_000,
+          validationTimeout: 60_000,
+          shutdownTimeout: 5_000
+        })
+        yield* settle
+        script.hangOnValidation.add(1)
+        yield* TestClock.adjust(11_000)
+        assert.deepStrictEqual(script.validated, [1])
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        yield* settle
+        assert.isDefined(closing.pollUnsafe(), "the drain did not wait for the ping")
         assert.strictEqual(script.openNow(), 0)
       }))
 

@@ -585,8 +585,10 @@ export const make = <C>(
       if (closed || waiters.size > 0) return undefined
       let share = takeShare()
       if (share === undefined) {
+        // A spent top would be closed and the one under it lent unproven: the slow path validates.
         const top = idle[idle.length - 1]
-        if (top === undefined || staleSince(top, now())) return undefined
+        const at = now()
+        if (top === undefined || staleSince(top, at) || top.isSpent(at, options.maxUses)) return undefined
         share = takeIdle(unscopedShare)
       }
       if (share !== undefined) {
@@ -680,8 +682,9 @@ export const make = <C>(
       if (holder !== undefined) {
         scheduler.released(holder)
         entry.holder = undefined
+        // Use time is a lease's: a shared connection's borrowers overlap, and `takenAt` is not theirs.
+        events.released?.(now() - entry.takenAt)
       }
-      events.released?.(now() - entry.takenAt)
       if (closed || entry.isSpent(now(), options.maxUses) || entries.size > limit) destroy(entry)
       else offer(entry)
       // The tenant under its limit again may be served from other idle connections.
@@ -735,7 +738,9 @@ export const make = <C>(
             onFailure: () => Effect.sync(() => destroy(entry)),
             onSuccess: (ok) =>
               Effect.sync(() => ok._tag === "Some" && !closed && !entry.isSpent(now(), options.maxUses) ? offer(entry) : destroy(entry))
-          })
+          }),
+          // Shutdown interrupts the ping: the connection must still close, or the drain waits for it.
+          Effect.onInterrupt(() => Effect.sync(() => destroy(entry)))
         ),
         background
       )

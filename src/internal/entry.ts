@@ -14,8 +14,7 @@ export class Entry<C> {
   readonly connection: C
   /** Closing it closes the physical connection. */
   readonly scope: Scope.Closeable
-  readonly createdAt: number
-  /** `createdAt + maxLifetime`, shortened by this connection's own jitter. */
+  /** When it opened plus `maxLifetime`, shortened by this connection's own jitter. */
   readonly expiresAt: number
   /** `used`: lent to one caller alone; `shared`: carrying `borrowers` pipelined statements. */
   state: EntryState = "idle"
@@ -44,7 +43,6 @@ export class Entry<C> {
   constructor(connection: C, scope: Scope.Closeable, createdAt: number, expiresAt: number) {
     this.connection = connection
     this.scope = scope
-    this.createdAt = createdAt
     this.expiresAt = expiresAt
     this.idleSince = createdAt
   }

@@ -353,7 +353,8 @@ export const make = (
     ? (sql: string): SqlError | undefined => {
       const reason = SessionState.sessionStateIn(sql)
       return reason === undefined ? undefined : PoolError.toSqlError(
-        new PoolError.SessionStateNotAllowedError({ statement: JSON.stringify(sql.trim().slice(0, 60)), reason })
+        // The command, not the text: a SET carries its value in the text, and errors reach logs and spans.
+        new PoolError.SessionStateNotAllowedError({ statement: SessionState.operationName(sql), reason })
       )
     }
     : () => undefined

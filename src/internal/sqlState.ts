@@ -13,10 +13,9 @@ export const sqlStateOf = (error: SqlError): string | undefined => {
 }
 
 /**
- * SQLSTATEs that waiting will not cure: bad credentials (class 28), a missing
- * database (3D000) or a role without `LOGIN`/`CONNECT` rights (42501); and
- * the same refusals from PgBouncer, which sends them as 08P01 with its own
- * words.
+ * SQLSTATEs that waiting will not cure, besides class 28 (bad credentials): a
+ * missing database (3D000) or a role without `LOGIN`/`CONNECT` rights (42501).
+ * PgBouncer sends the same refusals as 08P01 (`poolerRefusal`).
  */
 const fatalConnectStates = new Set(["3D000", "42501"])
 

@@ -67,15 +67,14 @@ export const make = (options: {
   const labels = new Map<string, string>()
   const tenantLabel = (tenant: string): string | undefined => {
     if (options.tenantTelemetry === "off" || tenant === "") return undefined
-    let label = labels.get(tenant)
-    if (label === undefined) {
-      label = options.tenantTelemetry === "plain"
-        ? tenant
-        : createHash("sha256").update(tenant).digest("hex").slice(0, 16)
-      // Telemetry names at most a bounded number of tenants; a flood of ids shares one label.
-      if (labels.size < options.tenantMetricsLimit) labels.set(tenant, label)
-      else label = "other"
-    }
+    const known = labels.get(tenant)
+    if (known !== undefined) return known
+    // Telemetry names at most a bounded number of tenants; a flood of ids shares one label, unhashed.
+    if (labels.size >= options.tenantMetricsLimit) return "other"
+    const label = options.tenantTelemetry === "plain"
+      ? tenant
+      : createHash("sha256").update(tenant).digest("hex").slice(0, 16)
+    labels.set(tenant, label)
     return label
   }
 

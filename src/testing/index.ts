@@ -15,3 +15,6 @@ export * as PoolTest from "./PoolTest.ts"
 
 /** The pool on a fresh real database with migrations, for tests of SQL. @since 0.1.0 */
 export * as PgTest from "./PgTest.ts"
+
+/** A loopback TCP proxy that injects latency, slow connects, blackholes and resets. @since 0.1.0 */
+export * as FaultProxy from "./FaultProxy.ts"

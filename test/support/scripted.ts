@@ -40,6 +40,8 @@ export interface Script {
   readonly validated: Array<number>
   /** Connections that fail validation, by id: dead without the driver having noticed. */
   readonly deadOnValidation: Set<number>
+  /** Connections whose validation never answers, by id. */
+  readonly hangOnValidation: Set<number>
   /** Reports the connection dead, as the driver does for a killed backend. */
   readonly kill: (connection: FakeConnection) => void
 }
@@ -84,6 +86,7 @@ export const makeScript = (): Script => {
     cancelled: [],
     validated: [],
     deadOnValidation: new Set(),
+    hangOnValidation: new Set(),
     kill: (connection) => connection.retire?.(),
     connector: {
       connect: Effect.gen(function*() {
@@ -110,6 +113,7 @@ export const makeScript = (): Script => {
       validate: (connection) =>
         Effect.suspend(() => {
           script.validated.push(connection.id)
+          if (script.hangOnValidation.has(connection.id)) return Effect.never
           return connection.closed || script.deadOnValidation.has(connection.id)
             ? Effect.fail(connectionRefused())
             : Effect.void
