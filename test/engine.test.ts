@@ -606,6 +606,26 @@ describe("engine", () => {
         pool.release(entry)
       }))
 
+    it.effect("when the database is back, the probe and the openers for min together stay within max", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { min: 1, max: 1, circuitBreakerThreshold: 3 })
+        yield* settle
+        script.failAll = connectionRefused()
+        script.kill(script.opened[0])
+        yield* TestClock.adjust(2_000)
+        assert.strictEqual(pool.stats().circuit, "open")
+        script.failAll = undefined
+        let most = 0
+        for (let i = 0; i < 40; i++) {
+          yield* TestClock.adjust(100)
+          most = Math.max(most, script.openNow())
+        }
+        assert.strictEqual(most, 1)
+        assert.strictEqual(pool.stats().total, 1)
+        assert.strictEqual(pool.stats().circuit, "closed")
+      }))
+
     it.effect("proves a connection idle past validationThreshold before lending it, and replaces a dead one", () =>
       Effect.gen(function*() {
         const script = makeScript()

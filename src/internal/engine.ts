@@ -377,8 +377,9 @@ export const make = <C>(
     }
 
     /** Whether the opening in progress is still wanted: `fill` would start it now. */
+    /** Whether a failed opening should try again: wanted, and no probe has taken over (circuit open). */
     const stillNeeded = (): boolean =>
-      !closed && (demand() > creating - 1 || entries.size + creating - 1 < options.min)
+      !closed && !circuit.isOpen && (demand() > creating - 1 || entries.size + creating - 1 < options.min)
 
     const failWaiters = (error: PoolError): void => {
       for (let waiter = waiters.peek(); waiter !== undefined; waiter = waiters.peek()) {
@@ -432,7 +433,8 @@ export const make = <C>(
         onFailure: () => Effect.void,
         onSuccess: (opened) =>
           Effect.sync(() => {
-            if (closed) return fork(Scope.close(opened[1], Exit.void), closing)
+            // An opening that was already under way when the circuit opened may have filled the limit.
+            if (closed || entries.size + creating >= limit) return fork(Scope.close(opened[1], Exit.void), closing)
             offer(admit(opened))
             fill()
           })
