@@ -17,6 +17,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type { ConnectionOptions } from "node:tls"
 import { PoolConfigError } from "./PoolError.ts"
+import type * as Priority from "./Priority.ts"
 
 /**
  * How to use TLS, with libpq's meanings: `disable` never; `prefer` when the
@@ -183,7 +184,7 @@ export interface Options {
   /** The weight of a tenant not in `tenantWeights`, and of work without a tenant. Default 1. */
   readonly defaultTenantWeight?: number | undefined
   /** Weights of the priority classes. Default `{ high: 4, normal: 2, low: 1 }`. */
-  readonly priorityWeights?: Partial<Readonly<Record<"high" | "normal" | "low", number>>> | string | undefined
+  readonly priorityWeights?: Partial<Readonly<Record<Priority.Level, number>>> | string | undefined
   /** Connections one tenant may hold at once; its further requests wait. Default `Infinity`. */
   readonly tenantMaxInUse?: number | undefined
   /** Requests one tenant may have waiting; past it, `TenantQuotaExceededError`. Default `Infinity`. */

@@ -17,10 +17,11 @@
  *
  * @internal
  */
+import type { Level } from "../Priority.ts"
 import { Link, LinkedQueue } from "./linkedQueue.ts"
 
 /** @internal */
-export type Priority = "high" | "normal" | "low"
+export type Priority = Level
 
 /** What a caller asks for. @internal */
 export interface Request {
