@@ -301,7 +301,7 @@ export const make = <C>(
 
     /** Hands spare capacity of a shared connection to waiters that want a share. */
     const serveShares = (entry: Entry<C>): void => {
-      while (!entry.draining && entry.borrowers < options.pipelineDepth) {
+      while (!entry.abandoned && entry.borrowers < options.pipelineDepth) {
         const waiter = chosen(scheduler.nextShare())
         if (waiter === undefined) return
         serve(waiter, entry)
@@ -535,7 +535,7 @@ export const make = <C>(
       let best: Entry<C> | undefined
       for (const entry of entries) {
         if (
-          entry.state === "shared" && !entry.draining && entry.borrowers < options.pipelineDepth &&
+          entry.state === "shared" && !entry.abandoned && entry.borrowers < options.pipelineDepth &&
           !entry.isSpent(at, options.maxUses) &&
           (best === undefined || entry.borrowers > best.borrowers)
         ) best = entry
@@ -676,7 +676,6 @@ export const make = <C>(
           return
         }
         entry.state = "used"
-        entry.draining = false
         if (entry.abandoned) return destroy(entry)
       }
       if (entry.state !== "used") return
@@ -695,7 +694,6 @@ export const make = <C>(
 
     const abandon = (entry: Entry<C>): void => {
       if (entry.state !== "shared") return invalidate(entry)
-      entry.draining = true
       entry.abandoned = true
       release(entry)
     }

@@ -22,9 +22,10 @@ export class Entry<C> {
   holder: string | undefined = undefined
   /** Callers sharing it while `shared`. */
   borrowers = 0
-  /** Takes no new borrowers until the current ones are gone. */
-  draining = false
-  /** Carries a statement whose caller left; once the others are answered it is cancelled and the connection closed. */
+  /**
+   * Carries a statement whose caller left: it takes no new borrowers, and once the others are answered
+   * the statement is cancelled and the connection closed.
+   */
   abandoned = false
   /** Checkouts so far, for `maxUses`. */
   uses = 0
