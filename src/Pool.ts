@@ -32,9 +32,11 @@ import type * as Scope from "effect/Scope"
 import * as Config from "effect/Config"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Statement from "effect/sql/Statement"
-import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import type { SqlError } from "effect/sql/SqlError"
 import * as Engine from "./internal/engine.ts"
 import type { Connector } from "./internal/engine.ts"
+import * as Prologue from "./internal/prologue.ts"
+import * as Wire from "./internal/wire.ts"
 import * as Sizing from "./internal/sizing.ts"
 import * as Telemetry from "./internal/telemetry.ts"
 import * as PgConnector from "./internal/pgConnector.ts"
@@ -86,7 +88,12 @@ export const backoff = (base: number, max: number): Schedule.Schedule<Duration.D
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: PoolConfig.Options) => makeWithConnector(options, (resolved) => PgConnector.make(resolved.connection))
+export const make = (options: PoolConfig.Options) =>
+  makeWithConnector(options, (resolved, init) =>
+    PgConnector.make(resolved.connection, {
+      preparedStatements: resolved.prepare ? resolved.connection.preparedStatementCacheSize ?? 0 : 0,
+      init
+    }))
 
 /**
  * {@link make} on connections from `connectorFor` instead of the driver: the
@@ -96,7 +103,10 @@ export const make = (options: PoolConfig.Options) => makeWithConnector(options, 
  */
 export const makeWithConnector = Effect.fnUntraced(function*(
   options: PoolConfig.Options,
-  connectorFor: (resolved: PoolConfig.Resolved) => Connector<PgConnection.PgConnection>
+  connectorFor: (
+    resolved: PoolConfig.Resolved,
+    init: (wire: Wire.Wire) => Effect.Effect<void, SqlError>
+  ) => Connector<Wire.Wire>
 ): Effect.fn.Return<
   { readonly pool: Pool["Service"]; readonly sql: SqlClient.SqlClient },
   PoolConfigError | DatabaseUnavailableError,
@@ -118,9 +128,11 @@ export const makeWithConnector = Effect.fnUntraced(function*(
       "server.port": String(resolved.port)
     }
   })
-  const connector = connectorFor(resolved)
+  const session = sessionPins(resolved)
+  const connector = connectorFor(resolved, session.init)
   const engine = yield* Engine.make(connector, {
     ...resolved,
+    tenantName: recorder.tenantName,
     connectRetry: backoff(resolved.connectRetryBase, resolved.connectRetryMax),
     probeRetry: Schedule.spaced(Duration.millis(resolved.circuitProbeInterval)).pipe(Schedule.jittered),
     events: {
@@ -159,10 +171,40 @@ export const makeWithConnector = Effect.fnUntraced(function*(
   // The count series follow the pool's counts once a second, and drop to zero when it closes.
   yield* Effect.addFinalizer(() => Effect.sync(() => recorder.sample({ idle: 0, used: 0, pending: 0, max: 0, min: 0 })))
   yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sync(() => recorder.sample(engine.stats())), Effect.sleep(1_000))))
-  const sql = yield* SqlClientImpl.make(engine, resolved, recorder, connector.cancel)
+  const sql = yield* SqlClientImpl.make(engine, resolved, recorder, connector.cancel, session.pins)
   const { connection: _, ...visible } = resolved
   const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
   return { pool, sql }
+})
+
+/**
+ * What every transaction pins (./internal/prologue.ts), and the session each
+ * new connection starts with. The `search_path` is the configured one, or
+ * the server's default read on the first connection; directly on
+ * PostgreSQL each session also gets it as its own default, so the prologue
+ * finds it in place and sets nothing.
+ */
+const sessionPins = (resolved: PoolConfig.Resolved) => {
+  const direct = resolved.behindPooler === "none"
+  let pins: Prologue.Pins | undefined = resolved.searchPath === undefined ? undefined : pinsFor(resolved, resolved.searchPath)
+  const init = (wire: Wire.Wire): Effect.Effect<void, SqlError> =>
+    Effect.gen(function*() {
+      if (pins === undefined) {
+        const current = yield* Wire.expect(wire, Prologue.searchPathQuery)
+        pins ??= pinsFor(resolved, Prologue.pinnedSearchPath(String((current.rows[0] as Array<unknown>)[0])))
+      }
+      if (direct) yield* Wire.expect(wire, Prologue.baseline(pins))
+    })
+  // The first connection runs `init` before any statement can.
+  return { init, pins: () => pins! }
+}
+
+const pinsFor = (resolved: PoolConfig.Resolved, searchPath: string): Prologue.Pins => ({
+  tenantSetting: resolved.tenantSetting,
+  searchPath,
+  // Behind a pooler, the server-side login may differ from ours (Supavisor's `user.project` names).
+  login: resolved.behindPooler === "none" ? resolved.username : undefined,
+  baseline: resolved.behindPooler === "none"
 })
 
 /**

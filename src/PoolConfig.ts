@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import { searchPathOf } from "./internal/prologue.ts"
 import type { FairnessOptions } from "./internal/scheduler.ts"
 import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
@@ -166,12 +167,22 @@ export interface Options {
   /** Longest tenant id, in characters. Default 128. */
   readonly tenantMaxLength?: number | undefined
   /**
-   * When to ask the server whether a connection carries session state before
-   * lending it again: `suspect` after statements that may have set some (by
-   * command or text), `always` after every lease (one round trip each).
-   * Default `suspect`.
+   * When to reset a connection's session before lending it again:
+   * `suspect` after a lease that may have left session state (its statements'
+   * text or command tags, the server's reported setting changes, or the
+   * transaction prologue finding leftovers say so), `always` after every
+   * lease (one more cycle each, and no connection sharing). The settings
+   * isolation depends on (tenant, role, search_path, row security) are
+   * pinned in every transaction either way. Default `suspect`.
    */
   readonly sessionCheck?: SessionCheck | undefined
+  /**
+   * The schemas every transaction runs with, `pg_temp` always appended last
+   * (so a temporary table never shadows a real one): a list, or
+   * comma-separated. Default: the server's own `search_path` for the pool's
+   * role and database, read once.
+   */
+  readonly searchPath?: ReadonlyArray<string> | string | undefined
 
   /**
    * Who is served first when callers wait: `tenant` takes turns across
@@ -272,6 +283,8 @@ export interface Resolved {
   /** Why `id` is not a valid tenant id, or `undefined` if it is. */
   readonly checkTenant: (id: string) => string | undefined
   readonly sessionCheck: SessionCheck
+  /** The pinned `search_path` (with `pg_temp` last), or `undefined` to read the server's default on the first connection. */
+  readonly searchPath: string | undefined
   readonly fairness: FairnessOptions
   readonly tenantMaxQueued: number
   readonly tenantTelemetry: "plain" | "hashed" | "off"
@@ -377,6 +390,22 @@ const tenantChecker = (format: RegExp | undefined, maxLength: number) => (id: st
   if (controlCharacters.test(id)) return "contains control characters"
   if (format !== undefined && !format.test(id)) return `does not match tenantFormat ${format}`
   return undefined
+}
+
+/** A schema name as PostgreSQL allows it (`$user` for the role's own). */
+const schemaName = /^(?:\$user|[^\u0000]{1,63})$/
+
+/** Reads `searchPath` as a list of schema names, or comma-separated. */
+const schemaList = (field: string, input: ReadonlyArray<string> | string | undefined): Check<string | undefined> => {
+  if (input === undefined) return ok(undefined)
+  const names = typeof input === "string" ? input.split(",").map((name) => name.trim()) : input
+  if (!Array.isArray(names) || names.length === 0) return bad(field, input, "list at least one schema")
+  for (const name of names) {
+    if (typeof name !== "string" || !schemaName.test(name)) {
+      return bad(field, input, "schema names are 1 to 63 characters, without NUL")
+    }
+  }
+  return ok(searchPathOf(names))
 }
 
 /** A custom setting name: two or more dot-separated identifiers, as PostgreSQL requires. */
@@ -665,6 +694,7 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
     if (sessionCheck !== "suspect" && sessionCheck !== "always") {
       check(bad("sessionCheck", sessionCheck, "use suspect or always"))
     }
+    const searchPath = check(schemaList("searchPath", options.searchPath))
 
     const fairnessMode = options.fairness ?? defaults.fairness
     if (fairnessMode !== "tenant" && fairnessMode !== "fifo") check(bad("fairness", fairnessMode, "use tenant or fifo"))
@@ -737,6 +767,7 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       requireTenant: options.requireTenant ?? defaults.requireTenant,
       checkTenant: tenantChecker(tenantFormat, tenantMaxLength),
       sessionCheck,
+      searchPath,
       fairness: {
         mode: fairnessMode,
         priorityWeights,
@@ -812,6 +843,7 @@ export const environment = {
   tenantFormat: "PGPOOL_TENANT_FORMAT",
   tenantMaxLength: "PGPOOL_TENANT_MAX_LENGTH",
   sessionCheck: "PGPOOL_SESSION_CHECK",
+  searchPath: "PGPOOL_SEARCH_PATH",
   fairness: "PGPOOL_FAIRNESS",
   tenantWeights: "PGPOOL_TENANT_WEIGHTS",
   defaultTenantWeight: "PGPOOL_DEFAULT_TENANT_WEIGHT",

@@ -140,14 +140,15 @@ export class TenantRequiredError extends Schema.TaggedError<TenantRequiredError>
 }
 
 /**
- * A tenant id was refused (empty, too long, control characters, or not in the
- * configured format). It was stopped before taking a connection.
+ * A tenant id was refused (not a string, empty, too long, control characters,
+ * not well-formed Unicode, or not in the configured format), or the fiber's
+ * tenant scope was malformed. It was stopped before taking a connection.
  *
  * @since 0.1.0
  * @category errors
  */
 export class InvalidTenantError extends Schema.TaggedError<InvalidTenantError>()("InvalidTenantError", {
-  /** The id as given, JSON-quoted and cut to 80 characters. */
+  /** The id as `tenantTelemetry` names it: JSON-quoted and cut to 80 characters, hashed (`#...`), or hidden. */
   preview: Schema.String,
   /** What is wrong with it. */
   reason: Schema.String
@@ -216,13 +217,13 @@ export class TenantQuotaExceededError extends Schema.TaggedError<TenantQuotaExce
     limit: Schema.Literal("tenantMaxQueued"),
     /** Its value. */
     max: Schema.Number,
-    /** The tenant's id. */
+    /** The tenant, as `tenantTelemetry` names it: quoted, hashed (`#...`) or hidden. */
     tenant: Schema.String
   }
 ) {
   readonly [TypeId] = TypeId
   override get message(): string {
-    return `Tenant ${JSON.stringify(this.tenant.slice(0, 80))} already has ${this.max} requests waiting (${this.limit})`
+    return `Tenant ${this.tenant} already has ${this.max} requests waiting (${this.limit})`
   }
 }
 
@@ -246,6 +247,40 @@ export class QueryTimeoutError extends Schema.TaggedError<QueryTimeoutError>()("
 }
 
 /**
+ * A statement used a connection after its lease had ended: a fiber forked
+ * inside a transaction, stream or `sql.reserve` scope that outlived it. The
+ * connection may be serving someone else by now; nothing was sent.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class ConnectionReleasedError extends Schema.TaggedError<ConnectionReleasedError>()("ConnectionReleasedError", {}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return "The connection was already given back to the pool (a fiber outlived its transaction or reserve scope); nothing was sent"
+  }
+}
+
+/**
+ * The server did not confirm what tenant isolation depends on for a
+ * transaction (the tenant setting, role, search_path or row security the
+ * pool pinned), or a transaction ended otherwise than it should. The work
+ * does not count, and the connection was closed.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class IsolationError extends Schema.TaggedError<IsolationError>()("IsolationError", {
+  /** What the server reported. */
+  reason: Schema.String
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Isolation not confirmed: ${this.reason}`
+  }
+}
+
+/**
  * Any error the pool raises on its own behalf.
  *
  * @since 0.1.0
@@ -262,6 +297,8 @@ export type PoolError =
   | TenantQuotaExceededError
   | SessionStateNotAllowedError
   | QueryTimeoutError
+  | ConnectionReleasedError
+  | IsolationError
 
 /**
  * Whether `u` is one of the pool's errors.

@@ -30,7 +30,8 @@ const noisyServedDuringQuiet = Effect.gen(function*() {
   return during
 })
 
-const contended = (fairness: PoolConfig.Options["fairness"]) => poolLayer({ max: 2, min: 2, fairness })
+// Statements alone on their connections (no sharing): the scheduler orders whole connections.
+const contended = (fairness: PoolConfig.Options["fairness"]) => poolLayer({ max: 2, min: 2, pipelineDepth: 1, fairness })
 
 describe("tenant-fair scheduling on a real server", () => {
   it.live("a quiet tenant is served within a turn of a noisy tenant's backlog", () =>

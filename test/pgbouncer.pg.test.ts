@@ -274,7 +274,7 @@ describe.skipIf(skipReason !== undefined)(`PgBouncer 1.18 in transaction mode${s
         assert.isTrue(Exit.isFailure(prepared.inTransaction), "the transaction failed")
         const error = told(errorOf(prepared.inTransaction))
         assert.strictEqual(error.state, "26000", JSON.stringify(error))
-        assert.match(error.message, /^prepared statement "effect_[0-9a-f]+_\d+" does not exist$/)
+        assert.match(error.message, /^prepared statement "mh_[0-9a-z]+_\d+" does not exist$/)
         assert.isTrue(Exit.isSuccess(prepared.autocommit), "autocommit statements survive: the driver re-parses on 26000")
 
         const unprepared = yield* scenario(false)
@@ -465,31 +465,46 @@ describe.skipIf(skipReason !== undefined)(`PgBouncer 1.18 in transaction mode${s
         )
       }))
 
-    it.effect("(f) session state outlives the pool's check: the pool closes its connection, PgBouncer keeps the server's (unless server_reset_query_always)", () =>
+    it.effect("(f) session state a foreign client leaves on a server connection reaches PgBouncer's next client, never the pool's transactions", () =>
       Effect.gen(function*() {
         const { upstream, worker, projects } = yield* BouncerSetup
         const leaked = (settings: Record<string, number>) =>
           Effect.gen(function*() {
             // One server connection, so that every client lands on it.
             const bouncer = yield* PgBouncer.make({ upstream, defaultPoolSize: 1, settings })
+            const seen = `SELECT coalesce(current_setting('app.project_id', true), '') AS setting,
+              (SELECT count(*)::int FROM workflow_runs) AS runs`
+            // A client that is not this pool leaves a session-level tenant on the server connection.
+            const foreign = yield* PgConnection.make({ url: bouncer.url(worker), prepare: false })
+            yield* foreign.query("SELECT set_config('app.project_id', $1, false)", [projects[1]])
+            // Another plain client, no tenant: what does row-level security let it see?
+            const other = yield* PgConnection.make({ url: bouncer.url(worker), prepare: false })
+            const [plain] = (yield* other.query(seen)).rows
             const warnings: Array<string> = []
             const capture = Logger.layer([Logger.make((options) => void warnings.push(String(options.message)))])
-            yield* withPool({ url: bouncer.url(worker), max: 2, prepare: false, tenantSetting: "app.project_id" }, ({ sql }) =>
-              // A session-level set_config under tenant 0, naming tenant 1.
-              Tenant.with(projects[0])(sql`SELECT set_config('app.project_id', ${projects[1]}, false)`)).pipe(Effect.provide(capture))
-            // Another client, no tenant: what does row-level security let it see?
-            const other = yield* PgConnection.make({ url: bouncer.url(worker), prepare: false })
-            const [row] = (yield* other.query(`SELECT coalesce(current_setting('app.project_id', true), '') AS setting,
-              (SELECT count(*)::int FROM workflow_runs) AS runs`)).rows
-            return { setting: row.setting as string, runs: row.runs as number, poolWarned: warnings.some((w) => w.includes("session state")) }
+            // The pool's transactions carry their own tenant (or none), whatever the server connection holds.
+            const pool = yield* withPool(
+              { url: bouncer.url(worker), max: 2, behindPooler: "transaction", tenantSetting: "app.project_id" },
+              ({ sql }) =>
+                Effect.all({
+                  unscoped: Tenant.unscoped("claim")(sql.unsafe(seen)),
+                  tenant: Tenant.with(projects[0])(sql.unsafe(seen)),
+                  transaction: Tenant.with(projects[0])(sql.withTransaction(sql.unsafe(seen)))
+                })
+            ).pipe(Effect.provide(capture))
+            return { plain, pool, warned: warnings.some((w) => w.includes("found a tenant setting left on the session by an earlier borrower")) }
           })
         const plain = yield* leaked({})
+        // PgBouncer hands the server connection, with its session state, to its next client.
+        assert.deepStrictEqual(plain.plain, { setting: projects[1], runs: 2 })
+        // The pool's work never sees it: unscoped work no tenant, tenant work its own.
+        assert.deepStrictEqual(plain.pool.unscoped, [{ setting: "", runs: 0 }])
+        assert.deepStrictEqual(plain.pool.tenant, [{ setting: projects[0], runs: 2 }])
+        assert.deepStrictEqual(plain.pool.transaction, [{ setting: projects[0], runs: 2 }])
+        assert.isTrue(plain.warned, "the prologue reports what it found left on the session")
+        // server_reset_query_always = 1: DISCARD ALL after every transaction protects the plain clients too.
         const reset = yield* leaked({ server_reset_query_always: 1 })
-        // The pool saw the session state and closed its connection; the server connection kept it for the next client.
-        assert.isTrue(plain.poolWarned)
-        assert.deepStrictEqual({ setting: plain.setting, runs: plain.runs }, { setting: projects[1], runs: 2 })
-        // server_reset_query_always = 1: DISCARD ALL after every transaction.
-        assert.deepStrictEqual({ setting: reset.setting, runs: reset.runs }, { setting: "", runs: 0 })
+        assert.deepStrictEqual(reset.plain, { setting: "", runs: 0 })
       }))
 
     it.effect("(g) with behindPooler: \"transaction\" the pool refuses the session-level set_config: nothing reaches the server connection", () =>

@@ -120,17 +120,21 @@ describe("Pool through SqlClient", () => {
       yield* sql`DROP TABLE ${sql(table)}`
     }).pipe(Effect.provide(poolLayer({ max: 1 }))))
 
-  it.live("a lease that ends inside a transaction it opened itself is closed, not lent again", () => {
+  it.live("a lease that ends inside a transaction it opened itself is rolled back before it is lent again", () => {
     const app = uniqueName("dangling")
     return Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const pool = yield* Pool.Pool
-      const [before] = yield* sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
-      yield* Effect.scoped(Effect.flatMap(sql.reserve, (conn) => conn.executeRaw("BEGIN", [])))
-      const [after] = yield* sql<{ pid: number; xid: string | null }>`
-        SELECT pg_backend_pid() AS pid, pg_current_xact_id_if_assigned()::text AS xid`
-      assert.notStrictEqual(after.pid, before.pid)
+      const table = uniqueName("dangling")
+      yield* sql`CREATE TABLE ${sql(table)} (n int)`
+      yield* Effect.scoped(Effect.flatMap(sql.reserve, (conn) =>
+        Effect.andThen(conn.executeRaw("BEGIN", []), conn.executeRaw(`INSERT INTO ${table} VALUES (1)`, []))))
+      const [after] = yield* sql<{ xid: string | null; n: number }>`
+        SELECT pg_current_xact_id_if_assigned()::text AS xid, (SELECT count(*)::int FROM ${sql(table)}) AS n`
+      assert.strictEqual(after.xid, null)
+      assert.strictEqual(after.n, 0, "the open transaction's insert was rolled back")
       assert.strictEqual((yield* pool.stats).total, 1)
+      yield* sql`DROP TABLE ${sql(table)}`
     }).pipe(Effect.provide(poolLayer({ applicationName: app, max: 1 })))
   })
 

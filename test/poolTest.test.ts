@@ -86,9 +86,10 @@ describe("PoolTest.layer", () => {
         tenantB
       )
       const all = yield* PoolTest.statements
+      // A lone statement runs in an implicit transaction of its own: not a transaction block.
       assert.deepStrictEqual(all.map((s) => [s.tenant, s.transaction]), [
         [undefined, false],
-        [tenantA, true],
+        [tenantA, false],
         [tenantB, true],
         [tenantB, true]
       ])
@@ -160,7 +161,8 @@ describe("PoolTest.layer", () => {
   it.effect("latency runs on the TestClock, and a real pool timeout follows from it", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      const slow = yield* Effect.forkChild(Tenant.with(sql`SELECT * FROM slow_report`, tenantA))
+      // A transaction holds its connection alone (lone statements would share it, pipelined).
+      const slow = yield* Effect.forkChild(Tenant.with(sql.withTransaction(sql`SELECT * FROM slow_report`), tenantA))
       const waiting = yield* Effect.forkChild(Tenant.with(sql`SELECT 1 AS quick`, tenantB))
       yield* TestClock.adjust("999 millis")
       assert.isUndefined(slow.pollUnsafe())

@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import * as SqlClient from "effect/sql/SqlClient"
 import { SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
-import * as SessionState from "../src/internal/sessionState.ts"
+import * as SqlText from "../src/internal/sqlText.ts"
 import { isFatalConnectError, isOutOfSlots } from "../src/internal/sqlState.ts"
 import * as PoolConfig from "../src/PoolConfig.ts"
 import * as PoolError from "../src/PoolError.ts"
@@ -52,8 +52,8 @@ const reasonOf = (error: SqlError) => PoolError.fromSqlError(error)
 
 describe("behindPooler: transaction", () => {
   it("recognizes what leaves session state, and what does not", () => {
-    for (const sql of refused) assert.isDefined(SessionState.sessionStateIn(sql), sql)
-    for (const sql of allowed) assert.isUndefined(SessionState.sessionStateIn(sql), sql)
+    for (const sql of refused) assert.isDefined(SqlText.read(sql).sessionState, sql)
+    for (const sql of allowed) assert.isUndefined(SqlText.read(sql).sessionState, sql)
   })
 
   it.effect("refuses session state before it is sent, on every path, with SessionStateNotAllowedError", () =>

@@ -64,6 +64,12 @@ export interface Connector<C> {
   readonly cancel: (connection: C) => Effect.Effect<void>
   /** A cheap round trip that proves the connection still works. */
   readonly validate: (connection: C) => Effect.Effect<void, SqlError>
+  /**
+   * Resolves once nothing sent on the connection awaits an answer: a
+   * connection handed on at `COMMIT` may still carry it, and closing it then
+   * would lose the answer.
+   */
+  readonly settled?: ((connection: C) => Effect.Effect<void>) | undefined
 }
 
 /**
@@ -126,6 +132,8 @@ export interface EngineOptions extends
   readonly probeRetry: Schedule.Schedule<unknown, SqlError>
   /** Source of the lifetime jitter; `Math.random` unless a test fixes it. */
   readonly random?: (() => number) | undefined
+  /** A tenant as errors name it (`tenantTelemetry`); the id itself unless given. */
+  readonly tenantName?: ((flow: string) => string) | undefined
 }
 
 /**
@@ -160,10 +168,17 @@ export interface Engine<C> {
    * run it where interruption cannot come between the two.
    */
   readonly acquire: (request: Scheduler.Request) => Effect.Effect<Entry<C>, PoolError>
-  /** A share for a statement without a tenant when one is free and nobody waits: the fast path. */
-  readonly shareNow: () => Entry<C> | undefined
+  /** A share for an autocommit statement of tenant `flow` (`""` for none) when one is free and nobody waits: the fast path. */
+  readonly shareNow: (flow: string) => Entry<C> | undefined
   /** Gives a connection (or a share of one) back; it goes to the next waiter, or idles. */
   readonly release: (entry: Entry<C>) => void
+  /**
+   * Gives a connection held alone back while its last statement (a
+   * `COMMIT`) is still in flight, if it stays in service: the next borrower's
+   * statements queue behind it. `false`, and nothing done, when it would be
+   * closed instead: the caller gives it back once answered.
+   */
+  readonly handOff: (entry: Entry<C>) => boolean
   /** Gives it back to be closed: its state is unknown. A shared one closes when its last borrower leaves. */
   readonly invalidate: (entry: Entry<C>) => void
   /**
@@ -193,7 +208,10 @@ interface Waiter<C> extends Scheduler.Waiting {
   entry: Entry<C> | undefined
 }
 
-const unscopedShare: Scheduler.Request = { flow: "", priority: "normal", shared: true }
+/** A share request of a tenant's, made once per tenant while it is the last one asked for. */
+let lastShare: Scheduler.Request = { flow: "", priority: "normal", shared: true }
+const shareRequest = (flow: string): Scheduler.Request =>
+  lastShare.flow === flow ? lastShare : (lastShare = { flow, priority: "normal", shared: true })
 
 /**
  * Starts an engine: connects once to prove the database is there, then keeps
@@ -351,7 +369,11 @@ export const make = <C>(
       entry.state = "closed"
       entries.delete(entry)
       const close = Scope.close(entry.scope, Exit.void)
-      fork(entry.abandoned ? Effect.andThen(connector.cancel(entry.connection), close) : close, closing)
+      // A healthy connection finishes what it carries (a COMMIT handed on), within validationTimeout.
+      const settled = connector.settled === undefined || entry.broken
+        ? close
+        : Effect.andThen(Effect.timeoutOption(connector.settled(entry.connection), options.validationTimeout), close)
+      fork(entry.abandoned ? Effect.andThen(connector.cancel(entry.connection), close) : settled, closing)
       if (closed) {
         if (entries.size === 0) Deferred.doneUnsafe(drained, Effect.void)
       } else {
@@ -530,7 +552,7 @@ export const make = <C>(
      * writes (system calls) are what a pipelining client spends its time on;
      * it also keeps whole connections free for callers that need one alone.
      */
-    const takeShare = (): Entry<C> | undefined => {
+    const takeShare = (request: Scheduler.Request): Entry<C> | undefined => {
       const at = now()
       let best: Entry<C> | undefined
       for (const entry of entries) {
@@ -540,7 +562,7 @@ export const make = <C>(
           (best === undefined || entry.borrowers > best.borrowers)
         ) best = entry
       }
-      return best === undefined ? undefined : checkout(best, unscopedShare)
+      return best === undefined ? undefined : checkout(best, request)
     }
 
     const wait = (request: Scheduler.Request) =>
@@ -583,19 +605,20 @@ export const make = <C>(
      * A share right now for a statement without a tenant, when one is free,
      * nobody waits and no idle connection would need proving first.
      */
-    const shareNow = (): Entry<C> | undefined => {
+    const shareNow = (flow: string): Entry<C> | undefined => {
       if (closed || waiters.size > 0) return undefined
-      let share = takeShare()
+      const request = shareRequest(flow)
+      let share = takeShare(request)
       if (share === undefined) {
         // A spent top would be closed and the one under it lent unproven: the slow path validates.
         const top = idle[idle.length - 1]
         const at = now()
         if (top === undefined || staleSince(top, at) || top.isSpent(at, options.maxUses)) return undefined
-        share = takeIdle(unscopedShare)
+        share = takeIdle(request)
       }
       if (share !== undefined) {
         acquisitions++
-        events.acquired?.("", 0)
+        events.acquired?.(flow, 0)
       }
       return share
     }
@@ -635,7 +658,7 @@ export const make = <C>(
         if (closed) return Effect.fail(new PoolClosedError())
         if (waiters.size === 0 && scheduler.mayTake(request.flow)) {
           const at = now()
-          const entry = request.shared ? takeShare() ?? takeIdle(request) : takeIdle(request)
+          const entry = request.shared ? takeShare(request) ?? takeIdle(request) : takeIdle(request)
           if (entry !== undefined) {
             acquisitions++
             events.acquired?.(request.flow, 0)
@@ -651,7 +674,11 @@ export const make = <C>(
           if (queued >= options.tenantMaxQueued) {
             events.rejected?.("tenant_quota", request.flow)
             return Effect.fail(
-              new TenantQuotaExceededError({ limit: "tenantMaxQueued", max: options.tenantMaxQueued, tenant: request.flow })
+              new TenantQuotaExceededError({
+                limit: "tenantMaxQueued",
+                max: options.tenantMaxQueued,
+                tenant: options.tenantName?.(request.flow) ?? request.flow
+              })
             )
           }
         }
@@ -690,6 +717,12 @@ export const make = <C>(
       else offer(entry)
       // The tenant under its limit again may be served from other idle connections.
       if (holder !== undefined && idle.length > 0 && waiters.size > 0) dispatchIdle()
+    }
+
+    const handOff = (entry: Entry<C>): boolean => {
+      if (entry.state !== "used" || closed || entry.isSpent(now(), options.maxUses) || entries.size > limit) return false
+      release(entry)
+      return true
     }
 
     const abandon = (entry: Entry<C>): void => {
@@ -823,5 +856,5 @@ export const make = <C>(
     started = true
     fill()
     fork(Effect.forever(Effect.andThen(Effect.sleep(options.housekeepingInterval), housekeep)), background)
-    return { acquire, shareNow, release, invalidate, abandon, stats, sample, setLimit, shutdown } satisfies Engine<C>
+    return { acquire, shareNow, release, handOff, invalidate, abandon, stats, sample, setLimit, shutdown } satisfies Engine<C>
   })

@@ -1,10 +1,79 @@
 /**
- * Reading the driver's errors: the SQLSTATE behind a `SqlError`, and whether
- * a failed connection attempt is worth repeating.
+ * The server's errors as `SqlError`s, built as `@effect/sql-pg` builds them
+ * (so code that matches on them sees the same reasons through the pool); the
+ * SQLSTATE behind a `SqlError`; and whether a failed connection attempt is
+ * worth repeating.
  *
  * @internal
  */
-import type { SqlError } from "effect/sql/SqlError"
+import type * as PgProtocol from "@effect/sql-pg/PgProtocol"
+import {
+  AuthenticationError,
+  AuthorizationError,
+  ConnectionError,
+  ConstraintError,
+  DeadlockError,
+  LockTimeoutError,
+  SerializationError,
+  SqlError,
+  type SqlErrorReason,
+  SqlSyntaxError,
+  StatementTimeoutError,
+  UniqueViolation,
+  UnknownError
+} from "effect/sql/SqlError"
+
+interface ErrorProps {
+  readonly cause: unknown
+  readonly message: string
+  readonly operation: string
+}
+
+/** The reason for a SQLSTATE, as the driver classifies it. @internal */
+export const reasonFor = (code: string | undefined, constraint: string | undefined, props: ErrorProps): SqlErrorReason => {
+  if (code === undefined) return new UnknownError(props)
+  switch (code) {
+    case "42501":
+      return new AuthorizationError(props)
+    case "23505":
+      return new UniqueViolation({ ...props, constraint: constraint?.trim() || "unknown" })
+    case "40P01":
+      return new DeadlockError(props)
+    case "40001":
+      return new SerializationError(props)
+    case "55P03":
+      return new LockTimeoutError(props)
+    case "57014":
+      return new StatementTimeoutError(props)
+  }
+  switch (code.slice(0, 2)) {
+    case "08":
+      return new ConnectionError(props)
+    case "28":
+      return new AuthenticationError(props)
+    case "42":
+      return new SqlSyntaxError(props)
+    case "23":
+      return new ConstraintError(props)
+  }
+  return new UnknownError(props)
+}
+
+/** A server `ErrorResponse` as a `SqlError`: the fields ride on the cause, as the driver's do. @internal */
+export const serverError = (fields: PgProtocol.ErrorFields): SqlError => {
+  const cause = Object.assign(new Error(fields.message ?? "Unknown PostgreSQL error"), fields)
+  return new SqlError({
+    reason: reasonFor(fields.code, fields.constraint, { cause, message: "PgConnection: Query failed", operation: "query" })
+  })
+}
+
+/** The connection failed or fell out of step with the server. @internal */
+export const connectionError = (cause: unknown, message: string): SqlError =>
+  new SqlError({ reason: new ConnectionError({ cause, message, operation: "query" }) })
+
+/** A statement could not be encoded, or its rows decoded. @internal */
+export const queryError = (cause: unknown, message: string): SqlError =>
+  new SqlError({ reason: new UnknownError({ cause, message, operation: "query" }) })
 
 /** The server's SQLSTATE, when the error came from the server. @internal */
 export const sqlStateOf = (error: SqlError): string | undefined => {

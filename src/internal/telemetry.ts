@@ -36,6 +36,11 @@ export interface Recorder {
   readonly sample: (stats: Pick<Stats, "idle" | "used" | "pending" | "max" | "min">) => void
   /** The tenant as telemetry shows it, or `undefined` when it is kept out. */
   readonly tenantLabel: (tenant: string) => string | undefined
+  /**
+   * The tenant as errors and logs name it, which reach spans as exception
+   * events: quoted (`plain`), as its hash (`hashed`), or not at all (`off`).
+   */
+  readonly tenantName: (tenant: string) => string
 }
 
 /** @internal */
@@ -64,6 +69,7 @@ export const make = (options: {
   const tenantWaits = new Map<string, Metric.Metric<number, unknown>>()
   const tenantRejections = new Map<string, Metric.Metric<number, unknown>>()
 
+  const hash = (tenant: string) => createHash("sha256").update(tenant).digest("hex").slice(0, 16)
   const labels = new Map<string, string>()
   const tenantLabel = (tenant: string): string | undefined => {
     if (options.tenantTelemetry === "off" || tenant === "") return undefined
@@ -71,9 +77,7 @@ export const make = (options: {
     if (known !== undefined) return known
     // Telemetry names at most a bounded number of tenants; a flood of ids shares one label, unhashed.
     if (labels.size >= options.tenantMetricsLimit) return "other"
-    const label = options.tenantTelemetry === "plain"
-      ? tenant
-      : createHash("sha256").update(tenant).digest("hex").slice(0, 16)
+    const label = options.tenantTelemetry === "plain" ? tenant : hash(tenant)
     labels.set(tenant, label)
     return label
   }
@@ -148,6 +152,12 @@ export const make = (options: {
       idleMinSeries.updateUnsafe(now.min - last.min, context)
       last = now
     },
-    tenantLabel
+    tenantLabel,
+    tenantName: (tenant) =>
+      options.tenantTelemetry === "plain"
+        ? JSON.stringify(tenant.slice(0, 80))
+        : options.tenantTelemetry === "hashed"
+        ? `#${hash(tenant)}`
+        : "(hidden)"
   }
 }

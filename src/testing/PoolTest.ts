@@ -39,7 +39,9 @@ import * as Memory from "./internal/memoryDatabase.ts"
 /**
  * A statement as the database saw it: `sql` (with `$n` placeholders),
  * `params`, the `tenant` the pool had set in its transaction (`undefined`
- * when none), whether it ran in a `transaction`, and its `connection`.
+ * when none), whether it ran in a `transaction` block (`sql.withTransaction`;
+ * a lone statement runs in an implicit transaction of its own, which does
+ * not count), and its `connection`.
  *
  * @since 0.1.0
  * @category models
@@ -213,7 +215,7 @@ export const layer = (
     })
     const pool = Pool.layerFrom(
       Effect.succeed<PoolConfig.Options>({ ...options.pool, url: memoryUrl }),
-      (resolved) => Pool.makeWithConnector(resolved, () => Memory.connector(database))
+      (resolved) => Pool.makeWithConnector(resolved, (_, init) => Memory.connector(database, init))
     )
     return Layer.merge(pool, Layer.succeed(MockDatabase, control))
   }))

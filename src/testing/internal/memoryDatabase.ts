@@ -1,38 +1,30 @@
 /**
- * The database behind `PoolTest`: connections that answer the pool's own
- * statements (transaction control, the tenant's `set_config`, the session
- * check) as PostgreSQL would, and every other statement from a script.
+ * The database behind `PoolTest`: connections that speak the pool's wire
+ * protocol (cycles of statements, each answered with the transaction status
+ * after it), answer the pool's own statements (transaction control, the
+ * transaction prologue, the session reset) as PostgreSQL would, and every
+ * other statement from a script.
  *
- * It follows what the pool relies on: a transaction is open from `BEGIN` to
- * `COMMIT`/`ROLLBACK`; a failed statement aborts it, so its `COMMIT` answers
- * `ROLLBACK`; the tenant's setting lasts until the transaction ends. Each
- * statement is judged when it is submitted, in submission order, as the
- * server reads a pipeline.
+ * It follows what the pool relies on: the statements of a cycle run in one
+ * implicit transaction unless a `BEGIN` opens a block, which stays open until
+ * `COMMIT`/`ROLLBACK`; a failed statement skips the rest of its cycle and
+ * aborts an open block, whose `COMMIT` then answers `ROLLBACK`; the tenant
+ * the prologue sets lasts until the transaction ends. Cycles run one after
+ * another in submission order, as the server reads a pipeline.
  *
  * @internal
  */
-import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
-import {
-  AuthenticationError,
-  AuthorizationError,
-  ConnectionError,
-  ConstraintError,
-  DeadlockError,
-  LockTimeoutError,
-  SerializationError,
-  SqlError,
-  type SqlErrorReason,
-  SqlSyntaxError,
-  StatementTimeoutError,
-  UniqueViolation,
-  UnknownError
-} from "effect/sql/SqlError"
+import { ConnectionError, SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
 import type { Connector } from "../../internal/engine.ts"
-import * as SessionState from "../../internal/sessionState.ts"
+import * as Prologue from "../../internal/prologue.ts"
+import { reasonFor } from "../../internal/sqlState.ts"
+import * as Wire from "../../internal/wire.ts"
 
 /** A statement the code under test sent, as the database saw it. @internal */
 export interface Statement {
@@ -41,7 +33,7 @@ export interface Statement {
   readonly params: ReadonlyArray<unknown>
   /** The tenant the pool had set in the statement's transaction; `undefined` when none was. */
   readonly tenant: string | undefined
-  /** Whether it ran inside a transaction (a tenant's lone statement gets one of its own). */
+  /** Whether it ran inside a transaction block (`sql.withTransaction`, or a `BEGIN` of the caller's). */
   readonly transaction: boolean
   /** Which connection it ran on, counting from 1. */
   readonly connection: number
@@ -69,40 +61,9 @@ export type Match = string | RegExp | ((statement: Statement) => boolean)
 /** A driver error for a server `ErrorResponse`, built as `@effect/sql-pg` builds it. @internal */
 export const serverError = (code: string, message: string, constraint?: string): SqlError => {
   const cause = Object.assign(new Error(message), { severity: "ERROR", code, message, constraint })
-  const props = { cause, message: "PgConnection: Query failed", operation: "query" }
-  return new SqlError({ reason: reasonFor(code, constraint, props) })
-}
-
-const reasonFor = (
-  code: string,
-  constraint: string | undefined,
-  props: { readonly cause: unknown; readonly message: string; readonly operation: string }
-): SqlErrorReason => {
-  switch (code) {
-    case "42501":
-      return new AuthorizationError(props)
-    case "23505":
-      return new UniqueViolation({ ...props, constraint: constraint?.trim() || "unknown" })
-    case "40P01":
-      return new DeadlockError(props)
-    case "40001":
-      return new SerializationError(props)
-    case "55P03":
-      return new LockTimeoutError(props)
-    case "57014":
-      return new StatementTimeoutError(props)
-  }
-  switch (code.slice(0, 2)) {
-    case "08":
-      return new ConnectionError(props)
-    case "28":
-      return new AuthenticationError(props)
-    case "42":
-      return new SqlSyntaxError(props)
-    case "23":
-      return new ConstraintError(props)
-  }
-  return new UnknownError(props)
+  return new SqlError({
+    reason: reasonFor(code, constraint, { cause, message: "PgConnection: Query failed", operation: "query" })
+  })
 }
 
 /** The error the driver reports for a connection that went away. @internal */
@@ -147,7 +108,7 @@ export class UnscriptedStatementError extends Error {
   }
 }
 
-const result = (command: string, rows: ReadonlyArray<Record<string, unknown>> = []): PgConnection.Result => ({
+const answer = (command: string, rows: ReadonlyArray<unknown> = []): Wire.Answer => ({
   command,
   rowCount: rows.length,
   oid: null,
@@ -161,7 +122,8 @@ const commandOf = (sql: string): string => {
   return /\b(insert|update|delete|merge)\b/i.exec(sql)?.[1]?.toUpperCase() ?? "SELECT"
 }
 
-const cleanSession = { tenant_set: false, settings: 0, role_changed: false, listens: 0, advisory_locks: 0, prepared: 0, cursors: 0, temp_tables: 0 }
+/** The in-memory session's search_path, as a server's default would read. */
+const defaultSearchPath = "\"$user\", public"
 
 /** The shared state of one in-memory database. @internal */
 export interface Database {
@@ -191,20 +153,34 @@ export const makeDatabase = (options: {
   connectDelay: options.connectDelay
 })
 
+interface Cycle {
+  readonly queries: ReadonlyArray<Wire.Query>
+  readonly reply: (reply: Wire.Reply) => void
+}
+
 /** One connection to the in-memory database. @internal */
 export class MemoryConnection {
   closed = false
-  inTransaction = false
+  /** Inside a transaction block, and whether a failure aborted it. */
+  inBlock = false
   aborted = false
+  /** The tenant the prologue set for the current transaction. */
   tenant: string | undefined = undefined
   retire: (() => void) | undefined = undefined
 
   readonly database: Database
   readonly id: number
+  private readonly cycles: Array<Cycle> = []
+  private running = false
+  private readonly idleWaiters: Array<() => void> = []
 
   constructor(database: Database, id: number) {
     this.database = database
     this.id = id
+  }
+
+  get status(): Wire.Status {
+    return this.inBlock ? (this.aborted ? "E" : "T") : "I"
   }
 
   /** The connection dies, as a killed backend does. */
@@ -214,70 +190,72 @@ export class MemoryConnection {
     this.retire?.()
   }
 
-  private endTransaction(command: string): PgConnection.Result {
-    this.inTransaction = false
+  private endTransaction(command: string): Wire.Answer {
+    this.inBlock = false
     this.aborted = false
     this.tenant = undefined
-    return result(command)
+    return answer(command)
   }
 
-  /** The pool's own statements; `undefined` for the rest. */
-  private control(sql: string, params: ReadonlyArray<unknown>): Effect.Effect<PgConnection.Result, SqlError> | undefined {
+  /** The pool's own statements, and transaction control; `undefined` for the rest. */
+  private control(query: Wire.Query): Effect.Effect<Wire.Answer, SqlError> | undefined {
+    const { sql, params } = query
     if (/^\s*(begin|start\s+transaction)\b/i.test(sql)) {
-      this.inTransaction = true
-      this.aborted = false
-      this.tenant = undefined
-      return Effect.succeed(result("BEGIN"))
+      this.inBlock = true
+      return Effect.succeed(answer("BEGIN"))
     }
     if (/^\s*(commit|end)\b/i.test(sql)) return Effect.succeed(this.endTransaction(this.aborted ? "ROLLBACK" : "COMMIT"))
     if (/^\s*rollback\s+to\b/i.test(sql)) {
       this.aborted = false
-      return Effect.succeed(result("ROLLBACK"))
+      return Effect.succeed(answer("ROLLBACK"))
     }
     if (/^\s*(rollback|abort)\b/i.test(sql)) return Effect.succeed(this.endTransaction("ROLLBACK"))
-    if (/^\s*(savepoint|release)\b/i.test(sql)) {
-      return this.aborted ? Effect.fail(inFailedTransaction()) : Effect.succeed(result(commandOf(sql)))
+    if (this.aborted) return Effect.fail(inFailedTransaction())
+    if (/^\s*(savepoint|release)\b/i.test(sql)) return Effect.succeed(answer(commandOf(sql)))
+    if (sql === Prologue.prologueSql) {
+      const [, tenant, searchPath] = params as ReadonlyArray<string>
+      this.tenant = tenant === "" ? undefined : tenant
+      return Effect.succeed(answer("SELECT", [["", "", "", "", "", tenant, "pooltest", "pooltest", searchPath, "on"]]))
     }
-    if (sql === "SELECT set_config($1, $2, true)") {
-      if (this.aborted) return Effect.fail(inFailedTransaction())
-      // Transaction-local: outside a transaction it would end with the statement.
-      if (this.inTransaction) this.tenant = String(params[1])
-      return Effect.succeed(result("SELECT", [{ set_config: params[1] }]))
-    }
-    if (sql === SessionState.checkQuery) return Effect.succeed(result("SELECT", [cleanSession]))
+    if (sql === Prologue.searchPathQuery.sql) return Effect.succeed(answer("SELECT", [[defaultSearchPath]]))
+    const resetStep = Prologue.resetSql.indexOf(sql)
+    // The reset's last statement counts SQL-prepared statements: none here.
+    if (resetStep >= 0) return Effect.succeed(answer(commandOf(sql), resetStep === Prologue.resetSql.length - 1 ? [["", "0"]] : []))
+    if (sql === "SELECT 1") return Effect.succeed(answer("SELECT", [[1]]))
     return undefined
   }
 
   /** Runs one statement: the pool's own, or the script's answer. */
-  query(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<PgConnection.Result, SqlError> {
+  private run(query: Wire.Query): Effect.Effect<Wire.Answer, SqlError> {
     return Effect.suspend(() => {
       if (this.closed) return Effect.fail(connectionLost("query"))
-      const control = this.control(sql, params)
+      const control = this.control(query)
       if (control !== undefined) return control
-      if (this.aborted) return Effect.fail(inFailedTransaction())
       const statement: Statement = {
-        sql,
-        params,
-        tenant: this.inTransaction ? this.tenant : undefined,
-        transaction: this.inTransaction,
+        sql: query.sql,
+        params: query.params,
+        tenant: this.tenant,
+        transaction: this.inBlock,
         connection: this.id
       }
       this.database.statements.push(statement)
       const reply = this.database.replies.find((r) => r.times > 0 && matches(r.match, statement))
       if (reply === undefined) {
-        if (this.database.unmatched === "empty") return Effect.succeed(result(commandOf(sql)))
+        if (this.database.unmatched === "empty") return Effect.succeed(answer(commandOf(query.sql)))
         return Effect.die(new UnscriptedStatementError(statement, this.database.replies))
       }
       ;(reply as { times: number }).times--
-      const answer = reply.answer
-      let outcome: Effect.Effect<PgConnection.Result, SqlError>
-      switch (answer._tag) {
+      const scripted = reply.answer
+      let outcome: Effect.Effect<Wire.Answer, SqlError>
+      switch (scripted._tag) {
         case "Rows":
-          outcome = Effect.sync(() => result(commandOf(sql), answer.rows(statement)))
+          outcome = Effect.sync(() => {
+            const rows = scripted.rows(statement)
+            return answer(commandOf(query.sql), query.shape === "values" ? rows.map((row) => Object.values(row)) : rows)
+          })
           break
         case "Fail":
-          if (this.inTransaction) this.aborted = true
-          outcome = Effect.fail(answer.error())
+          outcome = Effect.fail(scripted.error())
           break
         case "ConnectionLost":
           this.kill()
@@ -287,29 +265,92 @@ export class MemoryConnection {
     })
   }
 
-  /** As the driver's `PgConnection`, for the pool. */
-  asPgConnection(): PgConnection.PgConnection {
-    const connection = {
+  /** One cycle: its statements in order, the rest skipped after a failure; an implicit transaction ends with it. */
+  private runCycle(cycle: Cycle): Effect.Effect<void> {
+    const connection = this
+    return Effect.gen(function*() {
+      const statusBefore = connection.status
+      const answers: Array<Wire.Answer | SqlError | undefined> = []
+      let failed = false
+      let defect: unknown = undefined
+      for (const query of cycle.queries) {
+        if (failed) {
+          answers.push(undefined)
+          continue
+        }
+        const exit = yield* Effect.exit(connection.run(query))
+        if (exit._tag === "Success") {
+          answers.push(exit.value)
+          continue
+        }
+        const error = Exit.findErrorOption(exit)
+        if (error._tag === "None") defect = Cause.squash(exit.cause)
+        answers.push(error._tag === "Some" ? error.value : undefined)
+        failed = true
+        if (connection.inBlock) connection.aborted = true
+      }
+      if (!connection.inBlock) connection.tenant = undefined
+      const status = connection.closed ? "E" : connection.status
+      cycle.reply(defect === undefined ? { answers, statusBefore, status, stale: false } : { answers, statusBefore, status, stale: false, defect })
+    })
+  }
+
+  /** As the pool's wire, for the pool; `runFork` runs its cycles on the test's services (its clock). */
+  asWire(runFork: (effect: Effect.Effect<void>) => void): Wire.Wire {
+    const drain = (): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const cycle = this.cycles.shift()
+        if (cycle === undefined) {
+          this.running = false
+          for (const waiter of this.idleWaiters.splice(0)) waiter()
+          return Effect.void
+        }
+        return Effect.andThen(this.runCycle(cycle), drain())
+      })
+    const wire: Wire.Wire = {
       processId: this.id,
-      query: (sql: string, params?: ReadonlyArray<unknown>) => this.query(sql, params),
-      queryValues: (sql: string, params?: ReadonlyArray<unknown>) =>
-        Effect.map(this.query(sql, params), (r) => r.rows.map((row) => Object.values(row))),
-      stream: (sql: string, params?: ReadonlyArray<unknown>) =>
-        Stream.unwrap(Effect.map(this.query(sql, params), (r) => Stream.fromIterable(r.rows)))
+      submit: (queries, reply) => {
+        if (this.closed) return connectionLost("query")
+        this.cycles.push({ queries, reply })
+        if (!this.running) {
+          this.running = true
+          runFork(drain())
+        }
+        return undefined
+      },
+      status: () => this.status,
+      inFlight: () => this.cycles.length + (this.running ? 1 : 0),
+      idle: Effect.callback<void>((resume) => {
+        if (!this.running) return resume(Effect.void)
+        this.idleWaiters.push(() => resume(Effect.void))
+      }),
+      takeReports: () => [],
+      stream: (sql, params) =>
+        Stream.unwrap(
+          Effect.map(
+            Wire.expect(wire, { sql, params, prepare: false, shape: "objects" }),
+            (result) => Stream.fromIterable(result.rows)
+          )
+        ),
+      forgetPrepared: () => {}
     }
-    connections.set(connection, this)
-    return connection as unknown as PgConnection.PgConnection
+    wires.set(wire, this)
+    return wire
   }
 }
 
-const connections = new WeakMap<object, MemoryConnection>()
-const memoryOf = (connection: PgConnection.PgConnection): MemoryConnection => connections.get(connection)!
+const wires = new WeakMap<Wire.Wire, MemoryConnection>()
+const memoryOf = (wire: Wire.Wire): MemoryConnection => wires.get(wire)!
 
-/** The pool's connector on `database`. @internal */
-export const connector = (database: Database): Connector<PgConnection.PgConnection> => ({
+/** The pool's connector on `database`; `init` prepares each new session, as the pool asks. @internal */
+export const connector = (
+  database: Database,
+  init: (wire: Wire.Wire) => Effect.Effect<void, SqlError>
+): Connector<Wire.Wire> => ({
   connect: Effect.gen(function*() {
     if (!Duration.isZero(database.connectDelay)) yield* Effect.sleep(database.connectDelay)
     if (database.down) return yield* Effect.fail(connectionLost("connect"))
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
     const connection = new MemoryConnection(database, ++database.opened)
     database.open.add(connection)
     yield* Effect.addFinalizer(() =>
@@ -318,11 +359,14 @@ export const connector = (database: Database): Connector<PgConnection.PgConnecti
         database.open.delete(connection)
       })
     )
-    return connection.asPgConnection()
-  }) as Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope>,
-  onRetire: (connection, retire) => {
-    memoryOf(connection).retire = retire
+    const wire = connection.asWire((effect) => void runFork(effect))
+    yield* init(wire)
+    return wire
+  }) as Effect.Effect<Wire.Wire, SqlError, Scope.Scope>,
+  onRetire: (wire, retire) => {
+    memoryOf(wire).retire = retire
   },
   cancel: () => Effect.void,
-  validate: (connection) => memoryOf(connection).closed ? Effect.fail(connectionLost("query")) : Effect.void
+  settled: (wire) => wire.idle,
+  validate: (wire) => memoryOf(wire).closed ? Effect.fail(connectionLost("query")) : Effect.void
 })

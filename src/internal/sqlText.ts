@@ -1,0 +1,406 @@
+/**
+ * What a statement's text says, read the way PostgreSQL's lexer reads it:
+ * comments (nested), string constants (standard, `E''`, `U&''`, dollar
+ * quoting), quoted identifiers (with `U&""` escapes) and qualified names.
+ *
+ * The text never decides isolation on its own (the transaction prologue and
+ * the server's reports do, see ./prologue.ts); it decides which fast path a
+ * statement may take and when the pool must look at the session:
+ * - its first keyword: whether it can begin or end a transaction, or needs
+ *   a connection of its own;
+ * - the session-scoped functions it calls (`set_config` with `is_local` not
+ *   `true`, session advisory locks, `dblink_connect`) and the words that
+ *   make session objects (`TEMP`, `pg_temp`, `WITH HOLD`).
+ *
+ * Spelling does not hide a call: `"set_config"(...)`, `pg_catalog.set_config
+ * (...)`, `set_config /* c *\/ (...)` and `U&"\0073et_config"(...)` are all
+ * the same call to it.
+ *
+ * @internal
+ */
+
+/** One token; words and identifiers are folded as PostgreSQL folds them. @internal */
+export interface Token {
+  readonly kind: "word" | "identifier" | "string" | "parameter" | "number" | "symbol"
+  /** Lower-cased for words, decoded for quoted identifiers and strings, the character for symbols. */
+  readonly text: string
+}
+
+const isIdentStart = (c: number) =>
+  (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || c === 95 || c >= 128
+const isIdentPart = (c: number) => isIdentStart(c) || (c >= 48 && c <= 57) || c === 36
+const isDigit = (c: number) => c >= 48 && c <= 57
+
+/** Decodes `U&` escapes: `\XXXX`, `\+XXXXXX`, and the escape character doubled. */
+const decodeUnicodeEscapes = (body: string, escape: string): string => {
+  let out = ""
+  for (let i = 0; i < body.length; i++) {
+    if (body[i] !== escape) {
+      out += body[i]
+      continue
+    }
+    if (body[i + 1] === escape) {
+      out += escape
+      i++
+    } else if (body[i + 1] === "+" && /^[0-9a-fA-F]{6}$/.test(body.slice(i + 2, i + 8))) {
+      out += String.fromCodePoint(parseInt(body.slice(i + 2, i + 8), 16))
+      i += 7
+    } else if (/^[0-9a-fA-F]{4}$/.test(body.slice(i + 1, i + 5))) {
+      out += String.fromCharCode(parseInt(body.slice(i + 1, i + 5), 16))
+      i += 4
+    } else {
+      out += body[i]
+    }
+  }
+  return out
+}
+
+/**
+ * Splits a statement into tokens, dropping whitespace and comments. Text it
+ * cannot make sense of (an unterminated string or comment) ends the tokens:
+ * PostgreSQL would refuse the statement anyway.
+ *
+ * @internal
+ */
+export const tokenize = (sql: string): Array<Token> => {
+  const tokens: Array<Token> = []
+  const n = sql.length
+  let i = 0
+  /** The end of a `'...'` body from `from` (just past the opening quote), honouring backslashes if asked. */
+  const quoted = (from: number, quote: string, backslash: boolean): { body: string; end: number } | undefined => {
+    let body = ""
+    for (let j = from; j < n; j++) {
+      const c = sql[j]
+      if (backslash && c === "\\") {
+        body += sql.slice(j, j + 2)
+        j++
+      } else if (c === quote) {
+        if (sql[j + 1] === quote) {
+          body += quote
+          j++
+        } else {
+          return { body, end: j + 1 }
+        }
+      } else {
+        body += c
+      }
+    }
+    return undefined
+  }
+  /** A `UESCAPE 'c'` clause after a `U&` literal, if any: its escape character and where it ends. */
+  const uescape = (from: number): { escape: string; end: number } | undefined => {
+    const match = /^\s*uescape\s*'([^'])'/i.exec(sql.slice(from, from + 40))
+    return match === null ? undefined : { escape: match[1], end: from + match[0].length }
+  }
+  while (i < n) {
+    const c = sql.charCodeAt(i)
+    const ch = sql[i]
+    if (ch === " " || ch === "\t" || ch === "\n" || ch === "\r" || ch === "\f" || ch === "\v") {
+      i++
+    } else if (ch === "-" && sql[i + 1] === "-") {
+      const end = sql.indexOf("\n", i)
+      i = end < 0 ? n : end + 1
+    } else if (ch === "/" && sql[i + 1] === "*") {
+      // Block comments nest in PostgreSQL.
+      let depth = 1
+      i += 2
+      while (i < n && depth > 0) {
+        if (sql[i] === "/" && sql[i + 1] === "*") {
+          depth++
+          i += 2
+        } else if (sql[i] === "*" && sql[i + 1] === "/") {
+          depth--
+          i += 2
+        } else {
+          i++
+        }
+      }
+      if (depth > 0) return tokens
+    } else if (ch === "'") {
+      const string = quoted(i + 1, "'", false)
+      if (string === undefined) return tokens
+      tokens.push({ kind: "string", text: string.body })
+      i = string.end
+    } else if ((ch === "e" || ch === "E") && sql[i + 1] === "'") {
+      const string = quoted(i + 2, "'", true)
+      if (string === undefined) return tokens
+      tokens.push({ kind: "string", text: string.body })
+      i = string.end
+    } else if ((ch === "u" || ch === "U") && sql[i + 1] === "&" && (sql[i + 2] === "'" || sql[i + 2] === "\"")) {
+      const quote = sql[i + 2]
+      const literal = quoted(i + 3, quote, false)
+      if (literal === undefined) return tokens
+      const clause = uescape(literal.end)
+      const text = decodeUnicodeEscapes(literal.body, clause?.escape ?? "\\")
+      tokens.push(quote === "'" ? { kind: "string", text } : { kind: "identifier", text })
+      i = clause?.end ?? literal.end
+    } else if ((ch === "b" || ch === "B" || ch === "x" || ch === "X" || ch === "n" || ch === "N") && sql[i + 1] === "'") {
+      const string = quoted(i + 2, "'", false)
+      if (string === undefined) return tokens
+      tokens.push({ kind: "string", text: string.body })
+      i = string.end
+    } else if (ch === "\"") {
+      const identifier = quoted(i + 1, "\"", false)
+      if (identifier === undefined) return tokens
+      tokens.push({ kind: "identifier", text: identifier.body })
+      i = identifier.end
+    } else if (ch === "$") {
+      if (isDigit(sql.charCodeAt(i + 1))) {
+        let j = i + 1
+        while (j < n && isDigit(sql.charCodeAt(j))) j++
+        tokens.push({ kind: "parameter", text: sql.slice(i, j) })
+        i = j
+      } else {
+        // A dollar quote: $$ or $tag$ (a tag is an identifier without `$`).
+        let j = i + 1
+        if (j < n && isIdentStart(sql.charCodeAt(j))) {
+          j++
+          while (j < n && isIdentPart(sql.charCodeAt(j)) && sql[j] !== "$") j++
+        }
+        if (sql[j] !== "$") {
+          tokens.push({ kind: "symbol", text: "$" })
+          i++
+          continue
+        }
+        const delimiter = sql.slice(i, j + 1)
+        const end = sql.indexOf(delimiter, j + 1)
+        if (end < 0) return tokens
+        tokens.push({ kind: "string", text: sql.slice(j + 1, end) })
+        i = end + delimiter.length
+      }
+    } else if (isIdentStart(c)) {
+      let j = i + 1
+      while (j < n && isIdentPart(sql.charCodeAt(j))) j++
+      tokens.push({ kind: "word", text: sql.slice(i, j).toLowerCase() })
+      i = j
+    } else if (isDigit(c) || (ch === "." && isDigit(sql.charCodeAt(i + 1)))) {
+      let j = i + 1
+      while (j < n && (isDigit(sql.charCodeAt(j)) || sql[j] === "." || sql[j] === "_")) j++
+      tokens.push({ kind: "number", text: sql.slice(i, j) })
+      i = j
+    } else {
+      tokens.push({ kind: "symbol", text: ch })
+      i++
+    }
+  }
+  return tokens
+}
+
+/** A word or identifier's folded name; `undefined` for other tokens. */
+const nameOf = (token: Token | undefined): string | undefined =>
+  token !== undefined && (token.kind === "word" || token.kind === "identifier") ? token.text.toLowerCase() : undefined
+
+/** The arguments of a call whose `(` is at `open`, each as its tokens; commas inside nested parentheses are not splits. */
+const callArguments = (tokens: ReadonlyArray<Token>, open: number): Array<Array<Token>> => {
+  const args: Array<Array<Token>> = [[]]
+  let depth = 0
+  for (let i = open; i < tokens.length; i++) {
+    const token = tokens[i]
+    if (token.kind === "symbol" && (token.text === "(" || token.text === "[")) {
+      depth++
+      if (depth === 1) continue
+    } else if (token.kind === "symbol" && (token.text === ")" || token.text === "]")) {
+      depth--
+      if (depth === 0) return args
+    } else if (depth === 1 && token.kind === "symbol" && token.text === ",") {
+      args.push([])
+      continue
+    }
+    args[args.length - 1].push(token)
+  }
+  return args
+}
+
+/** A function called in the text: its name (without schema) and its arguments. @internal */
+export interface Call {
+  readonly name: string
+  readonly args: ReadonlyArray<ReadonlyArray<Token>>
+}
+
+/**
+ * The functions a statement calls by name: a name, qualified or not, quoted
+ * or not, followed by `(`. Keywords such as `IN (` are included; callers
+ * look for the names they care about.
+ *
+ * @internal
+ */
+export const calls = (tokens: ReadonlyArray<Token>): Array<Call> => {
+  const found: Array<Call> = []
+  for (let i = 0; i + 1 < tokens.length; i++) {
+    const name = nameOf(tokens[i])
+    const next = tokens[i + 1]
+    if (name !== undefined && next.kind === "symbol" && next.text === "(") {
+      found.push({ name, args: callArguments(tokens, i + 1) })
+    }
+  }
+  return found
+}
+
+/**
+ * A statement's first keyword, lower-cased, past leading parentheses and
+ * comments (`(SELECT ...)`); `""` when it starts with anything else.
+ *
+ * @internal
+ */
+export const firstKeyword = (tokens: ReadonlyArray<Token>): string => {
+  for (const token of tokens) {
+    if (token.kind === "symbol" && token.text === "(") continue
+    return token.kind === "word" ? token.text : ""
+  }
+  return ""
+}
+
+/**
+ * How a statement may affect the transaction around it:
+ * - `neutral`: it runs inside whatever transaction there is, or alone in its
+ *   own, and leaves none open (queries and DML: `SELECT`, `INSERT`, `WITH`,
+ *   ...). Functions cannot end or begin transactions.
+ * - `control`: it may begin, end or change one (`BEGIN`, `COMMIT`,
+ *   `ROLLBACK`, savepoints, `PREPARE TRANSACTION`, and `CALL` / `DO`, whose
+ *   bodies may commit).
+ * - `other`: everything else (utility statements, DDL): it cannot open a
+ *   transaction either, but may touch the session.
+ *
+ * @internal
+ */
+export type Effect = "neutral" | "control" | "other"
+
+const neutralStarts: ReadonlySet<string> = new Set([
+  "select",
+  "insert",
+  "update",
+  "delete",
+  "with",
+  "values",
+  "table",
+  "merge",
+  "show",
+  "explain"
+])
+
+const controlStarts: ReadonlySet<string> = new Set([
+  "begin",
+  "start",
+  "commit",
+  "end",
+  "rollback",
+  "abort",
+  "savepoint",
+  "release",
+  "call",
+  "do"
+])
+
+/** Commands that set or reveal session state by themselves. */
+const sessionStarts: ReadonlySet<string> = new Set([
+  "set",
+  "reset",
+  "discard",
+  "deallocate",
+  "prepare",
+  "execute",
+  "listen",
+  "unlisten",
+  "load",
+  "declare",
+  "do",
+  "call"
+])
+
+/** Functions whose effect outlives the transaction unless asked not to. */
+const sessionFunctions: ReadonlySet<string> = new Set([
+  "pg_advisory_lock",
+  "pg_advisory_lock_shared",
+  "pg_try_advisory_lock",
+  "pg_try_advisory_lock_shared",
+  "dblink_connect",
+  "dblink_connect_u"
+])
+
+/** The words before `TEMP` / `TEMPORARY` in PostgreSQL's grammar: `CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP`, `INTO TEMP`. */
+const beforeTemp: ReadonlySet<string> = new Set(["create", "replace", "global", "local", "into"])
+
+/** What makes a session object: a temporary relation (or one in `pg_temp`), a holdable cursor. */
+const sessionObject = (tokens: ReadonlyArray<Token>, at: number): string | undefined => {
+  const name = nameOf(tokens[at])
+  if (name === "pg_temp") return "a temporary object"
+  const before = tokens[at - 1]?.kind === "word" ? tokens[at - 1].text : undefined
+  if ((name === "temp" || name === "temporary") && before !== undefined && beforeTemp.has(before)) {
+    return "a temporary object"
+  }
+  return name === "hold" && before === "with" ? "a holdable cursor" : undefined
+}
+
+/** What a statement's text says about it. @internal */
+export interface Reading {
+  /** The first keyword, upper-cased, for telemetry (`db.operation.name`); `UNKNOWN` when there is none. */
+  readonly operation: string
+  readonly effect: Effect
+  /**
+   * Why the statement may leave session state behind, from its text; `undefined`
+   * when nothing in it says so. Functions defined in the database can still do
+   * it unseen: the prologue and the server's reports cover them.
+   */
+  readonly sessionState: string | undefined
+}
+
+/** Whether a `set_config` call's third argument is the literal `true`. */
+const isLocalCall = (call: Call): boolean => {
+  const local = call.args[2]
+  return local !== undefined && local.length === 1 &&
+    ((local[0].kind === "word" && local[0].text === "true") ||
+      (local[0].kind === "string" && /^(t|true|on|yes|y|1)$/i.test(local[0].text.trim())))
+}
+
+/** Session state named by the first words, the calls and the words of a statement. */
+const sessionStateOf = (tokens: ReadonlyArray<Token>, first: string): string | undefined => {
+  if (sessionStarts.has(first)) {
+    // SET LOCAL, SET TRANSACTION and SET CONSTRAINTS end with the transaction.
+    const second = nameOf(tokens.find((t, i) => i > 0 && t.kind === "word") ?? undefined)
+    if (first !== "set" || (second !== "local" && second !== "transaction" && second !== "constraints")) {
+      return `${first.toUpperCase()} outside a transaction-local form`
+    }
+  }
+  for (const call of calls(tokens)) {
+    if (call.name === "set_config" && !isLocalCall(call)) return "set_config without is_local = true"
+    if (sessionFunctions.has(call.name)) return `${call.name} (session-scoped)`
+  }
+  for (let at = 0; at < tokens.length; at++) {
+    const object = sessionObject(tokens, at)
+    if (object !== undefined) return object
+  }
+  return undefined
+}
+
+/**
+ * Remembers `f` per statement text: workers repeat the same statements, and
+ * what they look like does not change. Bounded, forgetting all when full.
+ *
+ * @internal
+ */
+export const perText = <A>(f: (sql: string) => A): (sql: string) => A => {
+  const remembered = new Map<string, A>()
+  return (sql) => {
+    const known = remembered.get(sql)
+    if (known !== undefined) return known
+    const value = f(sql)
+    if (remembered.size >= 1024) remembered.clear()
+    remembered.set(sql, value)
+    return value
+  }
+}
+
+/**
+ * Reads a statement's text (remembered per text).
+ *
+ * @internal
+ */
+export const read: (sql: string) => Reading = perText((sql) => {
+  const tokens = tokenize(sql)
+  const first = firstKeyword(tokens)
+  return {
+    operation: first === "" ? "UNKNOWN" : first.toUpperCase(),
+    effect: neutralStarts.has(first) ? "neutral" : controlStarts.has(first) || first === "prepare" ? "control" : "other",
+    sessionState: sessionStateOf(tokens, first)
+  }
+})

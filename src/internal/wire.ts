@@ -1,0 +1,550 @@
+/**
+ * The pool's protocol session on one physical connection: statements go out
+ * in cycles, and the server's own reports come back with them.
+ *
+ * A cycle is statements sent together and closed by one `Sync`. PostgreSQL
+ * runs the statements of a cycle in one implicit transaction, unless one of
+ * them opens or ends a transaction block, and answers the cycle with one
+ * `ReadyForQuery` carrying the transaction status (idle, in a transaction,
+ * failed). So the pool puts its transaction prologue and a lone statement in
+ * one cycle (no `BEGIN` / `COMMIT`), and reads the transaction state from the
+ * server rather than from command tags.
+ *
+ * Cycles submitted in the same tick share one write, and any number may be
+ * on the wire at once (pipelining); the server answers them in order. A
+ * failed statement skips the rest of its cycle only.
+ *
+ * The session also keeps the connection's named prepared statements (with
+ * their result columns, so a repeated statement is one `Bind` / `Execute`),
+ * and collects the names of reported settings (`ParameterStatus`) that the
+ * server says changed: facts about session state that no statement text can
+ * hide.
+ *
+ * The physical connection (socket, authentication, TLS, cancel requests)
+ * comes from `@effect/sql-pg`; ./pgConnector.ts hands its session over as a
+ * {@link DriverSession}.
+ *
+ * @internal
+ */
+import * as PgProtocol from "@effect/sql-pg/PgProtocol"
+import * as PgTypes from "@effect/sql-pg/PgTypes"
+import * as Effect from "effect/Effect"
+import * as Result from "effect/Result"
+import { SqlError } from "effect/sql/SqlError"
+import * as Stream from "effect/Stream"
+import { Buffer } from "node:buffer"
+import * as Parameters from "./parameters.ts"
+import { connectionError, queryError, serverError } from "./sqlState.ts"
+
+/** The transaction status the server reports with every `ReadyForQuery`. @internal */
+export type Status = "I" | "T" | "E"
+
+/** One statement of a cycle. @internal */
+export interface Query {
+  readonly sql: string
+  readonly params: ReadonlyArray<unknown>
+  /** Keep it as a named prepared statement on this connection. */
+  readonly prepare: boolean
+  /** Rows as objects keyed by column name, or as arrays of values. */
+  readonly shape: "objects" | "values"
+}
+
+/** A column of a result. @internal */
+export interface Field {
+  readonly name: string
+  readonly dataTypeId: number
+}
+
+/** What a statement returned: the driver's `Result`, so `sql.raw` looks the same. @internal */
+export interface Answer {
+  readonly command: string
+  readonly rowCount: number
+  readonly oid: number | null
+  readonly rows: ReadonlyArray<any>
+  readonly fields: ReadonlyArray<Field>
+}
+
+/** A cycle's outcome. @internal */
+export interface Reply {
+  /**
+   * Per statement, in order: its answer, its error, or `undefined` when an
+   * earlier statement of the cycle failed and the server skipped it.
+   */
+  readonly answers: ReadonlyArray<Answer | SqlError | undefined>
+  /** The status before the cycle ran, and after. */
+  readonly statusBefore: Status
+  readonly status: Status
+  /** A statement failed because this connection's prepared statement no longer matched the server's. */
+  readonly stale: boolean
+  /** A defect the connection raised instead of answering (the test kit's in-memory database, for a statement nobody scripted). */
+  readonly defect?: unknown
+}
+
+/**
+ * What the pool needs from the driver's connection: its socket, the message
+ * parser it feeds, and its slot for whoever consumes the messages.
+ *
+ * @internal
+ */
+export interface DriverSession {
+  readonly write: (bytes: Uint8Array) => void
+  /** Where the parser reads `DataRow` fields with; set before the rows arrive. */
+  readonly setFieldReader: (reader: PgProtocol.FieldReader<unknown> | undefined) => void
+  /** Routes the server's messages to `consumer` (or, with `undefined`, treats any as unexpected). */
+  readonly setConsumer: (consumer: Consumer | undefined) => void
+  /** The error the connection died with, if it did. */
+  readonly deadWith: () => SqlError | undefined
+  /** Kills the connection with `error`. */
+  readonly fatal: (error: SqlError) => void
+  /** Calls `observe` with every message before the driver handles it. */
+  readonly observe: (observe: (message: PgProtocol.BackendMessage<unknown>) => void) => void
+  /** Streams a statement's rows through the driver; it takes the consumer slot meanwhile. */
+  readonly stream: (sql: string, params: ReadonlyArray<unknown>) => Stream.Stream<any, SqlError>
+  readonly registry: PgTypes.Registry | undefined
+  readonly processId: number
+}
+
+/** The receiving side of a driver session. @internal */
+export interface Consumer {
+  readonly onMessage: (message: PgProtocol.BackendMessage<unknown>) => void
+  readonly onBatchEnd?: (() => void) | undefined
+  readonly onFatal: (error: SqlError) => void
+}
+
+/** The pool's session on one connection. @internal */
+export interface Wire {
+  readonly processId: number
+  /**
+   * Queues the queries as one cycle; `reply` is called once, with its reply.
+   * Returns why the cycle could not be queued (a parameter that cannot be
+   * encoded, a dead connection), in which case nothing was sent and `reply`
+   * is never called.
+   */
+  readonly submit: (queries: ReadonlyArray<Query>, reply: (reply: Reply) => void) => SqlError | undefined
+  /** The transaction status of the last cycle the server answered. */
+  readonly status: () => Status
+  /** Cycles sent (or waiting to be) and not answered yet. */
+  readonly inFlight: () => number
+  /** Resolves once no cycle is in flight. */
+  readonly idle: Effect.Effect<void>
+  /** Reported settings the server said changed since the last call (`ParameterStatus`), by name. */
+  readonly takeReports: () => ReadonlyArray<string>
+  /** Streams a statement's rows; nothing else goes on the wire meanwhile. */
+  readonly stream: (sql: string, params: ReadonlyArray<unknown>) => Stream.Stream<any, SqlError>
+  /** Forgets the named prepared statements: the server no longer holds them (after `DISCARD ALL`). */
+  readonly forgetPrepared: () => void
+}
+
+/** @internal */
+export interface Options {
+  /** How many named statements the connection keeps prepared. */
+  readonly preparedStatements: number
+}
+
+/** The columns of a result, and how to read and assemble its rows. */
+interface Description {
+  readonly fields: ReadonlyArray<Field>
+  readonly readField: PgProtocol.FieldReader<unknown>
+  readonly build: (values: ReadonlyArray<unknown>) => object
+}
+
+/** A statement that returns no rows (`NoData`). */
+const noRows: Description = { fields: [], readField: () => null, build: () => ({}) }
+
+/** A statement this connection names. */
+interface Prepared {
+  readonly name: string
+  readonly key: string
+  /** The server holds the name: its `Parse` completed. */
+  parsed: boolean
+  /** A cycle carrying its `Parse` is on the wire. */
+  parsing: boolean
+  /** Its result columns, once the server described them. */
+  description: Description | undefined
+}
+
+/** One statement of a cycle on the wire. */
+interface Step {
+  readonly query: Query
+  readonly prepared: Prepared | undefined
+  /** Whether its frame carries a `Parse` of `prepared`. */
+  readonly parses: boolean
+  parseCompleted: boolean
+  description: Description | undefined
+  readonly rows: Array<unknown>
+  outcome: Answer | SqlError | undefined
+}
+
+interface Cycle {
+  readonly steps: ReadonlyArray<Step>
+  readonly frame: Uint8Array
+  /** `CloseComplete`s due before the first statement (evicted statements closed on the way). */
+  closes: number
+  /** The statement being answered. */
+  at: number
+  failed: boolean
+  stale: boolean
+  readonly reply: (reply: Reply) => void
+}
+
+/** Most cycles on the wire at once; more wait for answers. */
+const maxInFlight = 256
+
+const describeExecute = Buffer.concat([
+  PgProtocol.encodeDescribe({ target: "portal", name: "" }),
+  PgProtocol.encodeExecute({ portal: "", maxRows: 0 })
+])
+const execute = PgProtocol.encodeExecute({ portal: "", maxRows: 0 })
+const sync = PgProtocol.encodeSync()
+
+/** SQLSTATEs that say a named statement no longer matches the server's. */
+const lostStatement = "26000"
+const changedResult = "0A000"
+
+/** Builds the row object for a result's columns. */
+const rowBuilder = (names: ReadonlyArray<string>): (values: ReadonlyArray<unknown>) => object => {
+  if (names.includes("__proto__")) {
+    // Assignment would set the prototype instead of a column.
+    return (values) => {
+      const row: Record<string, unknown> = {}
+      for (let i = 0; i < names.length; i++) {
+        Object.defineProperty(row, names[i], { value: values[i], enumerable: true, configurable: true, writable: true })
+      }
+      return row
+    }
+  }
+  return (values) => {
+    const row: Record<string, unknown> = {}
+    for (let i = 0; i < names.length; i++) row[names[i]] = values[i]
+    return row
+  }
+}
+
+/** A command tag (`SELECT 3`, `INSERT 0 1`, `CREATE TABLE`) as the driver reports it: the first word, the count. */
+const parseTag = (tag: string): { command: string; rowCount: number; oid: number | null } => {
+  const parts = tag.split(" ")
+  const last = parts[parts.length - 1]
+  return {
+    command: parts[0],
+    rowCount: parts.length > 1 && /^[0-9]+$/.test(last) ? Number(last) : 0,
+    oid: parts[0] === "INSERT" && parts.length === 3 ? Number(parts[1]) : null
+  }
+}
+
+/**
+ * The pool's session on a driver connection.
+ *
+ * @internal
+ */
+export const make = (session: DriverSession, options: Options): Wire => {
+  const bind = PgProtocol.makeBindEncoder(
+    (sink: PgProtocol.ValueSink, parameter: PgTypes.Parameter) => PgTypes.writeParameter(sink, parameter, session.registry),
+    PgTypes.isTextFormat
+  )
+  const prepared = new Map<string, Prepared>()
+  let closes: Array<Uint8Array> = []
+  let counter = 0
+  const namespace = Math.random().toString(36).slice(2, 10)
+
+  /** Cycles waiting to be written, and those written and not yet answered (oldest first). */
+  const pending: Array<Cycle> = []
+  const inFlight: Array<Cycle> = []
+  let flushScheduled = false
+  let lent = false
+  let status: Status = "I"
+  const reports = new Set<string>()
+  const idleWaiters = new Set<() => void>()
+
+  // Every `ReadyForQuery`, ours or the driver's (streams), after the driver and the consumer saw it.
+  session.observe((message) => {
+    if (message._tag === "ReadyForQuery") status = message.status
+    else if (message._tag === "ParameterStatus") reports.add(message.name)
+  })
+
+  const describe = (fields: ReadonlyArray<PgProtocol.FieldDescription>): Description => {
+    const reader = PgTypes.makeFieldReader(fields, session.registry)
+    if (Result.isFailure(reader)) throw reader.failure
+    return {
+      fields: fields.map((field) => ({ name: field.name, dataTypeId: field.dataTypeOid })),
+      readField: reader.success,
+      build: rowBuilder(fields.map((field) => field.name))
+    }
+  }
+
+  /** The connection's name for `sql` with these parameter types; evicts the least recently used beyond the bound. */
+  const named = (sql: string, types: ReadonlyArray<number>): Prepared => {
+    const key = types.length === 0 ? sql : `${sql}\u0000${types.join(",")}`
+    const found = prepared.get(key)
+    if (found !== undefined) {
+      prepared.delete(key)
+      prepared.set(key, found)
+      return found
+    }
+    const entry: Prepared = { name: `mh_${namespace}_${++counter}`, key, parsed: false, parsing: false, description: undefined }
+    prepared.set(key, entry)
+    for (const old of prepared.values()) {
+      if (prepared.size <= options.preparedStatements) break
+      if (old === entry || old.parsing) continue
+      evict(old)
+    }
+    return entry
+  }
+
+  const evict = (entry: Prepared): void => {
+    if (prepared.get(entry.key) === entry) prepared.delete(entry.key)
+    if (entry.parsed) closes.push(PgProtocol.encodeClose({ target: "statement", name: entry.name }))
+    entry.parsed = false
+  }
+
+  /** One statement's bytes; throws a `CodecError` for parameters that cannot be bound. */
+  const encode = (query: Query, parts: Array<Uint8Array>): Step => {
+    const parameters = query.params.map((value) => Parameters.infer(value, session.registry))
+    const types = parameters.map((parameter) => parameter.oid)
+    // A statement whose `Parse` is on the wire already goes unnamed: naming it twice would collide.
+    const entry = query.prepare && options.preparedStatements > 0 ? named(query.sql, types) : undefined
+    const usable = entry !== undefined && (entry.parsed || !entry.parsing) ? entry : undefined
+    const parses = usable === undefined || !usable.parsed
+    if (parses) {
+      parts.push(Result.getOrThrow(PgProtocol.encodeParse({ name: usable?.name ?? "", query: query.sql, parameterTypes: types })))
+      if (usable !== undefined) usable.parsing = true
+    }
+    parts.push(Result.getOrThrow(bind({ portal: "", statement: usable?.name ?? "", parameters })))
+    const known = usable?.description
+    parts.push(known === undefined ? describeExecute : execute)
+    return { query, prepared: usable, parses, parseCompleted: false, description: known, rows: [], outcome: undefined }
+  }
+
+  const submit = (queries: ReadonlyArray<Query>, reply: (reply: Reply) => void): SqlError | undefined => {
+    const dead = session.deadWith()
+    if (dead !== undefined) return dead
+    const parts: Array<Uint8Array> = []
+    const steps: Array<Step> = []
+    try {
+      for (const query of queries) steps.push(encode(query, parts))
+    } catch (cause) {
+      for (const step of steps) if (step.parses && step.prepared !== undefined) step.prepared.parsing = false
+      return queryError(cause, "PgConnection: Failed to encode query")
+    }
+    parts.push(sync)
+    const closing = closes
+    closes = []
+    pending.push({
+      steps,
+      frame: Buffer.concat(closing.length === 0 ? parts : [...closing, ...parts]),
+      closes: closing.length,
+      at: 0,
+      failed: false,
+      stale: false,
+      reply
+    })
+    scheduleFlush()
+    return undefined
+  }
+
+  const scheduleFlush = (): void => {
+    if (flushScheduled || lent) return
+    flushScheduled = true
+    // Cycles submitted in the same tick share a write.
+    queueMicrotask(flush)
+  }
+
+  const flush = (): void => {
+    flushScheduled = false
+    if (lent || pending.length === 0) return
+    const dead = session.deadWith()
+    if (dead !== undefined) return failAll(dead)
+    const room = Math.min(pending.length, maxInFlight - inFlight.length)
+    if (room <= 0) return
+    const batch = pending.splice(0, room)
+    if (inFlight.length === 0) session.setConsumer(consumer)
+    inFlight.push(...batch)
+    session.write(batch.length === 1 ? batch[0].frame : Buffer.concat(batch.map((cycle) => cycle.frame)))
+  }
+
+  const failAll = (error: SqlError): void => {
+    const cycles = [...inFlight, ...pending]
+    inFlight.length = 0
+    pending.length = 0
+    for (const cycle of cycles) {
+      for (const step of cycle.steps) if (step.prepared !== undefined) step.prepared.parsing = false
+      cycle.reply({ answers: cycle.steps.map(() => error), statusBefore: status, status: "E", stale: false })
+    }
+    notifyIdle()
+  }
+
+  const notifyIdle = (): void => {
+    if (inFlight.length > 0 || pending.length > 0) return
+    const waiters = Array.from(idleWaiters)
+    idleWaiters.clear()
+    for (const waiter of waiters) waiter()
+  }
+
+  const desync = (what: string): void =>
+    session.fatal(connectionError(new Error(what), `PgConnection: ${what}`))
+
+  const finishStep = (cycle: Cycle, step: Step, tag: string): void => {
+    const { command, rowCount, oid } = parseTag(tag)
+    step.outcome = { command, rowCount, oid, rows: step.rows, fields: step.description?.fields ?? [] }
+    cycle.at++
+  }
+
+  /** The server is done with a cycle: every statement's outcome and the status after it. */
+  const finishCycle = (cycle: Cycle, after: Status): void => {
+    inFlight.shift()
+    for (const step of cycle.steps) {
+      const entry = step.prepared
+      if (entry === undefined) continue
+      if (step.parses) {
+        entry.parsing = false
+        entry.parsed = step.parseCompleted
+      }
+    }
+    const answers = cycle.steps.map((step) => step.outcome)
+    const reply: Reply = { answers, statusBefore: status, status: after, stale: cycle.stale }
+    status = after
+    if (inFlight.length === 0) {
+      session.setConsumer(undefined)
+      session.setFieldReader(undefined)
+    }
+    cycle.reply(reply)
+    notifyIdle()
+  }
+
+  const failStep = (cycle: Cycle, step: Step | undefined, fields: PgProtocol.ErrorFields): void => {
+    cycle.failed = true
+    const error = serverError(fields)
+    if (step === undefined) return desync("ErrorResponse before any statement")
+    step.outcome = error
+    const entry = step.prepared
+    if (entry !== undefined && !step.parses && fields.code === lostStatement) {
+      // Someone dropped this connection's statements (DEALLOCATE ALL, DISCARD ALL): none of the names hold.
+      cycle.stale = true
+      forgetPrepared()
+    } else if (entry !== undefined && fields.code === changedResult) {
+      cycle.stale = true
+      evict(entry)
+    }
+  }
+
+  const consumer: Consumer = {
+    onMessage: (message) => {
+      const cycle = inFlight[0]
+      if (cycle === undefined) return desync(`Unexpected ${message._tag} with no statement on the wire`)
+      if (message._tag === "ReadyForQuery") return finishCycle(cycle, message.status)
+      if (cycle.failed) return desync(`Unexpected ${message._tag} after ErrorResponse`)
+      if (message._tag === "CloseComplete") {
+        if (cycle.closes === 0) return desync("Unexpected CloseComplete")
+        cycle.closes--
+        return
+      }
+      const step = cycle.steps[cycle.at]
+      if (message._tag === "ErrorResponse") return failStep(cycle, step, message.fields)
+      if (step === undefined) return desync(`Unexpected ${message._tag} after the last statement`)
+      switch (message._tag) {
+        case "ParseComplete":
+          step.parseCompleted = true
+          return
+        case "BindComplete":
+          // A statement described before has no `RowDescription` coming: its reader goes in now.
+          if (step.description !== undefined) session.setFieldReader(step.description.readField)
+          return
+        case "RowDescription": {
+          let description: Description
+          try {
+            description = describe(message.fields)
+          } catch (cause) {
+            return session.fatal(queryError(cause, "PgConnection: Failed to decode row"))
+          }
+          step.description = description
+          if (step.prepared !== undefined) step.prepared.description = description
+          session.setFieldReader(description.readField)
+          return
+        }
+        case "NoData":
+          step.description = noRows
+          if (step.prepared !== undefined) step.prepared.description = noRows
+          return
+        case "DataRow":
+          if (step.description === undefined || step.description === noRows) return desync("DataRow without columns")
+          step.rows.push(step.query.shape === "objects" ? step.description.build(message.values) : message.values)
+          return
+        case "CommandComplete":
+          return finishStep(cycle, step, message.commandTag)
+        case "EmptyQueryResponse":
+          return finishStep(cycle, step, "")
+        default:
+          return desync(`Unexpected ${message._tag}${message._tag.startsWith("Copy") ? "; COPY is not supported" : ""}`)
+      }
+    },
+    onBatchEnd: () => {
+      if (pending.length > 0 && !flushScheduled) flush()
+    },
+    onFatal: failAll
+  }
+
+  const forgetPrepared = (): void => {
+    for (const entry of prepared.values()) entry.parsed = false
+    prepared.clear()
+    closes = []
+  }
+
+  const idle: Effect.Effect<void> = Effect.callback<void>((resume) => {
+    if (inFlight.length === 0 && pending.length === 0) return resume(Effect.void)
+    const waiter = () => resume(Effect.void)
+    idleWaiters.add(waiter)
+    return Effect.sync(() => idleWaiters.delete(waiter))
+  })
+
+  /** Hands the connection to the driver for a stream: nothing of ours is on the wire until it ends. */
+  const lend = Effect.andThen(idle, Effect.sync(() => {
+    lent = true
+  }))
+  const takeBack = Effect.sync(() => {
+    lent = false
+    scheduleFlush()
+  })
+
+  return {
+    processId: session.processId,
+    submit,
+    status: () => status,
+    inFlight: () => inFlight.length + pending.length,
+    idle,
+    takeReports: () => {
+      if (reports.size === 0) return []
+      const names = Array.from(reports)
+      reports.clear()
+      return names
+    },
+    stream: (sql, params) =>
+      Stream.unwrap(Effect.as(Effect.acquireRelease(lend, () => takeBack), session.stream(sql, params))),
+    forgetPrepared
+  }
+}
+
+/**
+ * Sends the queries as one cycle and waits for its reply; a cycle that could
+ * not be queued fails. Interrupting the wait leaves the cycle running.
+ *
+ * @internal
+ */
+export const run = (wire: Wire, queries: ReadonlyArray<Query>): Effect.Effect<Reply, SqlError> =>
+  Effect.callback<Reply, SqlError>((resume) => {
+    const refused = wire.submit(queries, (reply) => resume(Effect.succeed(reply)))
+    if (refused !== undefined) resume(Effect.fail(refused))
+  })
+
+/**
+ * One query alone, for the pool's own statements: its answer, or its error.
+ *
+ * @internal
+ */
+export const expect = (wire: Wire, query: Query): Effect.Effect<Answer, SqlError> =>
+  Effect.flatMap(run(wire, [query]), (reply) => {
+    const answer = reply.answers[0]
+    return answer === undefined
+      ? Effect.fail(queryError(new Error("no answer"), "PgConnection: The statement got no answer"))
+      : answer instanceof SqlError
+      ? Effect.fail(answer)
+      : Effect.succeed(answer)
+  })
