@@ -24,10 +24,11 @@ export interface Client {
   /** An autocommit statement; its rows. */
   readonly query: (sql: Sql) => Promise<ReadonlyArray<Row>>
   /**
-   * Independent statements in one transaction under `tenant` (set with
-   * `set_config(..., true)`), sent together where the client can pipeline.
+   * Statements in one transaction under `tenant` (set with
+   * `set_config(..., true)`): sent together where the client can pipeline,
+   * or one after another (`sequential`), as code that awaits each one does.
    */
-  readonly inTenantTransaction: (tenant: string, statements: ReadonlyArray<Sql>) => Promise<unknown>
+  readonly inTenantTransaction: (tenant: string, statements: ReadonlyArray<Sql>, sequential?: boolean) => Promise<unknown>
   readonly close: () => Promise<void>
 }
 
@@ -50,15 +51,27 @@ const setTenant = (setting: string, tenant: string): Sql => ({
 /** Clients on an Effect `SqlClient` (this pool, PgClient), driven through a runtime. */
 const sqlClient = async (
   layer: Layer.Layer<SqlClient.SqlClient, unknown>,
-  tenant: (sql: SqlClient.SqlClient, tenant: string, statements: ReadonlyArray<Sql>) => Effect.Effect<unknown, unknown>
+  tenant: (
+    sql: SqlClient.SqlClient,
+    tenant: string,
+    statements: ReadonlyArray<Sql>,
+    concurrency: 1 | "unbounded"
+  ) => Effect.Effect<unknown, unknown>
 ): Promise<Client> => {
   const runtime = ManagedRuntime.make(layer)
   const sql = await runtime.runPromise(Effect.service(SqlClient.SqlClient))
   return {
     query: (s) => runtime.runPromise(sql.unsafe<Row>(s.text, s.params)),
-    inTenantTransaction: (id, statements) => runtime.runPromise(tenant(sql, id, statements)),
+    inTenantTransaction: (id, statements, sequential) =>
+      runtime.runPromise(tenant(sql, id, statements, sequential === true ? 1 : "unbounded")),
     close: () => runtime.dispose()
   }
+}
+
+/** What the benchmark uses of this pool's modules: the current ones, or an earlier checkout's (bench/beforeAfter.ts). */
+export interface PoolModules {
+  readonly Pool: Pick<typeof Pool, "layer">
+  readonly Tenant: Pick<typeof Tenant, "with">
 }
 
 /**
@@ -68,10 +81,11 @@ const sqlClient = async (
 export const meshhookPool = (
   target: Target,
   telemetry: Layer.Layer<never, unknown> = Layer.empty,
-  options: PoolConfig.Options = {}
+  options: PoolConfig.Options = {},
+  modules: PoolModules = { Pool, Tenant }
 ) =>
   sqlClient(
-    Pool.layer({
+    modules.Pool.layer({
       url: target.url,
       max: target.connections,
       min: target.warm ? target.connections : 0,
@@ -79,11 +93,11 @@ export const meshhookPool = (
       tenantSetting: target.tenantSetting,
       ...options
     }).pipe(Layer.provideMerge(telemetry)),
-    (sql, tenant, statements) =>
-      Tenant.with(
+    (sql, tenant, statements, concurrency) =>
+      modules.Tenant.with(
         statements.length === 1
           ? sql.unsafe(statements[0].text, statements[0].params)
-          : sql.withTransaction(Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency: "unbounded" })),
+          : sql.withTransaction(Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency })),
         tenant
       )
   )
@@ -98,10 +112,10 @@ export const effectPgClient = (target: Target, multiplex: boolean) =>
       applicationName: target.applicationName,
       multiplex
     }),
-    (sql, tenant, statements) =>
+    (sql, tenant, statements, concurrency) =>
       sql.withTransaction(Effect.andThen(
         sql.unsafe(setTenant(target.tenantSetting, tenant).text, setTenant(target.tenantSetting, tenant).params),
-        Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency: "unbounded" })
+        Effect.forEach(statements, (s) => sql.unsafe(s.text, s.params), { concurrency })
       ))
   )
 
@@ -160,8 +174,12 @@ export const postgresJs = async (target: Target): Promise<Client> => {
   return {
     query: (s) => run(sql, s),
     // Returning the queries from `begin` pipelines them.
-    inTenantTransaction: (tenant, statements) =>
-      sql.begin((tx) => [run(tx, setTenant(target.tenantSetting, tenant)), ...statements.map((s) => run(tx, s))]),
+    inTenantTransaction: (tenant, statements, sequential) =>
+      sql.begin(async (tx) => {
+        if (!sequential) return [run(tx, setTenant(target.tenantSetting, tenant)), ...statements.map((s) => run(tx, s))]
+        await run(tx, setTenant(target.tenantSetting, tenant))
+        for (const s of statements) await run(tx, s)
+      }),
     close: () => sql.end({ timeout: 5 })
   }
 }

@@ -105,7 +105,13 @@ describe("Wire", () => {
       for (let i = 0; i < 3; i++) assert.deepStrictEqual(rowsOf((yield* Wire.run(wire, [statement])).answers[0]), [{ n: 42 }])
       const names = yield* Wire.run(wire, [query("SELECT count(*)::int AS n FROM pg_prepared_statements WHERE NOT from_sql")])
       assert.isAtLeast((rowsOf(names.answers[0])[0] as { n: number }).n, 1)
+      // Its command tag says the names are gone: the next use prepares afresh.
       yield* Wire.run(wire, [query("DEALLOCATE ALL")])
+      const fresh = yield* Wire.run(wire, [statement])
+      assert.isFalse(fresh.stale)
+      assert.deepStrictEqual(rowsOf(fresh.answers[0]), [{ n: 42 }])
+      // Done where no tag shows it (inside a DO block), the next use finds the name stale, and the one after works.
+      yield* Wire.run(wire, [query("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")])
       const stale = yield* Wire.run(wire, [statement])
       assert.isTrue(stale.stale, "the dropped name is reported stale")
       assert.strictEqual(stateOf(stale.answers[0]), "26000")

@@ -332,12 +332,13 @@ export class Lease implements Connection {
     const prologue = pinned ? answers[began ? 1 : 0] : undefined
     let problem: string | undefined
     let warning: Effect.Effect<void> = Effect.void
-    if (prologue !== undefined && !(prologue instanceof SqlError)) {
-      const verdict = Prologue.verdict(prologue, this.context.pins(), this.tenant)
-      problem = verdict.problem
-      if (verdict.leftover !== undefined) {
-        this.suspect ??= `an earlier borrower left ${verdict.leftover}`
-        warning = this.context.leftover(verdict.leftover)
+    if (prologue instanceof SqlError) {
+      problem = Prologue.isUnconfirmed(prologue)
+    } else if (prologue !== undefined) {
+      const left = Prologue.leftover(prologue, this.context.pins())
+      if (left !== undefined) {
+        this.suspect ??= `an earlier borrower left ${left}`
+        warning = this.context.leftover(left)
       }
     }
     return Effect.andThen(warning, this.outcome(reply, began, problem, prologue, query, reading, retried))

@@ -10,27 +10,41 @@
  * own, `NONE`), the `search_path` (the configured schemas with `pg_temp`
  * last, so a temporary table cannot shadow a real one) and `row_security`
  * (`on`), each only when the session does not already hold that value: a
- * clean session pays for four reads and one write. It reports what it found
- * different (what an earlier borrower left behind) and the values in force
- * afterwards, which the pool checks before the work counts as done.
+ * clean session pays for a few reads and one write. It reports what it found
+ * different (what an earlier borrower left behind). Then the server checks
+ * the values in force, and that no temporary relation or holdable cursor
+ * (which could hold an earlier borrower's rows) is on the session; if
+ * anything is off, the prologue fails, and with it the rest of its cycle:
+ * the work it guards never runs.
  *
  * **The reset.** After a lease that may have left session state (as its
  * statements, the server's reports or the prologue say), one cycle puts the
  * session back as it was opened: role and session authorization, every
  * session setting (custom ones too), cursors, `LISTEN`, temporary objects,
- * sequences' session values, session advisory locks. SQL-level prepared
- * statements cannot be dropped without their names; a session holding any is
- * closed instead.
+ * sequences' session values, session advisory locks. A session that holds
+ * SQL-level prepared statements (they cannot be dropped without their
+ * names), or has had a temporary schema (it stays once made), is closed
+ * instead.
  *
  * @internal
  */
+import type { SqlError } from "effect/sql/SqlError"
 import type { Answer, Query, Reply } from "./wire.ts"
 import * as SqlText from "./sqlText.ts"
 
+/** Marks the prologue's own failure in its error message. */
+const unconfirmedMark = "meshhook: isolation not in force:"
+
 /**
  * `$1` the tenant setting, `$2` its value for this transaction (`""` without
- * a tenant), `$3` the pinned `search_path`. Columns are evaluated left to
- * right: `leftover` reads the session before anything is set.
+ * a tenant), `$3` the pinned `search_path`, `$4` the pool's login role (`""`
+ * when unknown). Columns are evaluated left to right: `leftover` reads the
+ * session before anything is set, `pinned` sets what differs, and
+ * `confirmed` checks the values in force, and that the session holds no
+ * object that carries an earlier borrower's rows (a temporary relation, a
+ * holdable cursor), failing the statement (and so the rest of its cycle:
+ * the work it guards never runs) otherwise. Its error is recognised by
+ * {@link isUnconfirmed}.
  *
  * @internal
  */
@@ -39,15 +53,24 @@ export const prologueSql = `SELECT concat_ws(', ',
     CASE WHEN current_user <> session_user THEN 'a role' END,
     CASE WHEN current_setting('search_path') <> $3 THEN 'a search_path' END,
     CASE WHEN current_setting('row_security') <> 'on' THEN 'row_security' END) AS leftover,
-  CASE WHEN coalesce(current_setting($1, true), '') = $2 THEN '' ELSE set_config($1, $2, true) END AS set_tenant,
-  CASE WHEN current_user = session_user THEN '' ELSE set_config('role', 'none', true) END AS set_role,
-  CASE WHEN current_setting('search_path') = $3 THEN '' ELSE set_config('search_path', $3, true) END AS set_path,
-  CASE WHEN current_setting('row_security') = 'on' THEN '' ELSE set_config('row_security', 'on', true) END AS set_rls,
-  coalesce(current_setting($1, true), '') AS tenant,
-  current_user::text AS role,
-  session_user::text AS login,
-  current_setting('search_path') AS search_path,
-  current_setting('row_security') AS row_security`
+  concat(
+    CASE WHEN coalesce(current_setting($1, true), '') = $2 THEN '' ELSE set_config($1, $2, true) END,
+    CASE WHEN current_user = session_user THEN '' ELSE set_config('role', 'none', true) END,
+    CASE WHEN current_setting('search_path') = $3 THEN '' ELSE set_config('search_path', $3, true) END,
+    CASE WHEN current_setting('row_security') = 'on' THEN '' ELSE set_config('row_security', 'on', true) END) AS pinned,
+  CASE WHEN coalesce(current_setting($1, true), '') = $2 AND current_user = session_user
+      AND ($4 = '' OR session_user = $4) AND current_setting('search_path') = $3 AND current_setting('row_security') = 'on'
+      AND pg_my_temp_schema() = 0 AND NOT EXISTS (SELECT FROM pg_cursors WHERE is_holdable)
+    THEN ''
+    ELSE set_config('default_transaction_isolation', '${unconfirmedMark} ' || concat_ws(', ',
+      CASE WHEN coalesce(current_setting($1, true), '') <> $2 THEN 'the tenant setting' END,
+      CASE WHEN current_user <> session_user THEN 'the role' END,
+      CASE WHEN $4 <> '' AND session_user <> $4 THEN 'the session user' END,
+      CASE WHEN current_setting('search_path') <> $3 THEN 'the search_path' END,
+      CASE WHEN current_setting('row_security') <> 'on' THEN 'row_security' END,
+      CASE WHEN pg_my_temp_schema() <> 0 THEN 'a temporary schema on the session' END,
+      CASE WHEN EXISTS (SELECT FROM pg_cursors WHERE is_holdable) THEN 'a holdable cursor on the session' END), true)
+  END AS confirmed`
 
 /** What the pool's session must look like; the values the prologue pins. @internal */
 export interface Pins {
@@ -67,42 +90,37 @@ export interface Pins {
 /** The prologue for a transaction of tenant `tenant` (`""` for none). @internal */
 export const query = (pins: Pins, tenant: string): Query => ({
   sql: prologueSql,
-  params: [pins.tenantSetting, tenant, pins.searchPath],
+  params: [pins.tenantSetting, tenant, pins.searchPath, pins.login ?? ""],
   prepare: true,
   shape: "values"
 })
 
-/** What the prologue's answer says. @internal */
-export interface Verdict {
-  /** What an earlier borrower left on the session, in words; `undefined` when it was clean. */
-  readonly leftover: string | undefined
-  /** Why the pinned values are not in force, if they are not: the work must not count. */
-  readonly problem: string | undefined
-}
-
 /**
- * Reads the prologue's answer: the values in force must be the pinned ones,
- * else the work it guarded does not count.
+ * What an earlier borrower left on the session, in words, from the
+ * prologue's answer; `undefined` when it was clean. Without a session
+ * baseline (behind a pooler) a different `search_path` is not a leftover.
  *
  * @internal
  */
-export const verdict = (answer: Answer, pins: Pins, tenant: string): Verdict => {
-  const row = answer.rows[0] as ReadonlyArray<unknown> | undefined
-  if (row === undefined) return { leftover: undefined, problem: "the prologue returned no row" }
-  const [leftover, , , , , inForce, role, login, searchPath, rowSecurity] = row
-  const problem = inForce !== tenant
-    ? "the tenant setting is not the transaction's tenant"
-    : role !== login
-    ? "the role is not the session's own"
-    : pins.login !== undefined && login !== pins.login
-    ? "the session user is not the pool's login role"
-    : searchPath !== pins.searchPath
-    ? "the search_path is not the pinned one"
-    : rowSecurity !== "on"
-    ? "row_security is not on"
-    : undefined
-  const found = String(leftover).split(", ").filter((what) => what !== "" && (pins.baseline || what !== "a search_path"))
-  return { leftover: found.length === 0 ? undefined : found.join(", "), problem }
+export const leftover = (answer: Answer, pins: Pins): string | undefined => {
+  const found = String((answer.rows[0] as ReadonlyArray<unknown> | undefined)?.[0] ?? "")
+    .split(", ")
+    .filter((what) => what !== "" && (pins.baseline || what !== "a search_path"))
+  return found.length === 0 ? undefined : found.join(", ")
+}
+
+/**
+ * What the server could not confirm, when a prologue failed because the
+ * values in force were not the pinned ones; `undefined` for any other
+ * failure.
+ *
+ * @internal
+ */
+export const isUnconfirmed = (error: SqlError): string | undefined => {
+  const message = (error.reason.cause as { readonly message?: unknown } | undefined)?.message
+  if (typeof message !== "string") return undefined
+  const at = message.indexOf(unconfirmedMark)
+  return at < 0 ? undefined : message.slice(at + unconfirmedMark.length).replace(/"$/, "").trim()
 }
 
 /** Makes `$1` the session's own `search_path`. @internal */
@@ -122,7 +140,8 @@ export const resetSql: ReadonlyArray<string> = [
   "UNLISTEN *",
   "DISCARD TEMP",
   "DISCARD SEQUENCES",
-  "SELECT pg_advisory_unlock_all()::text, (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::text AS prepared"
+  `SELECT pg_advisory_unlock_all()::text, (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::text AS prepared,
+    pg_my_temp_schema()::int::text AS temp_schema`
 ]
 
 /** The reset, as one cycle. @internal */
@@ -140,8 +159,12 @@ export const resetProblem = (reply: Reply): string | undefined => {
   const failed = reply.answers.find((answer) => answer === undefined || !("command" in answer))
   if (failed !== undefined) return "the reset failed"
   const last = reply.answers[reply.answers.length - 1] as Answer
-  const prepared = (last.rows[0] as ReadonlyArray<unknown> | undefined)?.[1]
-  return prepared === "0" ? undefined : "the session holds SQL-prepared statements"
+  const [, prepared, tempSchema] = (last.rows[0] as ReadonlyArray<unknown> | undefined) ?? []
+  return prepared !== "0"
+    ? "the session holds SQL-prepared statements"
+    : tempSchema !== "0"
+    ? "the session has a temporary schema"
+    : undefined
 }
 
 /** Reads the session's `search_path`, to pin it. @internal */

@@ -47,6 +47,12 @@ type WireEntry = Entry<Wire.Wire>
 /** Transaction control runs in the transaction's span, not in one of its own. */
 const transactionControl: ReadonlySet<string> = new Set(["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"])
 
+/** What a shared cycle's prologue reported: values it could not confirm, or an earlier borrower's leftovers. */
+interface ShareVerdict {
+  readonly problem?: string | undefined
+  readonly leftover?: string | undefined
+}
+
 /** Lone surrogates: a string that is not well-formed UTF-16 cannot be one tenant's id. */
 const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
@@ -233,19 +239,25 @@ export const make = (
     )
 
   /**
-   * What a shared cycle's reply says about its connection: a prologue that
-   * did not take effect or (directly on PostgreSQL) found leftovers, or
-   * settings the server reported changed, retire it once its other
-   * borrowers are answered.
+   * What a shared cycle's prologue says: a prologue that could not confirm
+   * the pinned values (the statement did not run), or, directly on
+   * PostgreSQL, found an earlier borrower's leftovers retires the
+   * connection once its other borrowers are answered, as do settings the
+   * server reported changed.
    */
-  const inspectShare = (entry: WireEntry, reply: Wire.Reply, tenant: string): Prologue.Verdict | undefined => {
+  const inspectShare = (entry: WireEntry, reply: Wire.Reply): ShareVerdict => {
     if (entry.connection.takeReports().length > 0) entry.broken = true
     const prologue = reply.answers[0]
-    if (prologue === undefined || prologue instanceof SqlError) return undefined
-    const verdict = Prologue.verdict(prologue, pins(), tenant)
+    if (prologue === undefined) return {}
+    if (prologue instanceof SqlError) {
+      const problem = Prologue.isUnconfirmed(prologue)
+      if (problem !== undefined) entry.broken = true
+      return { problem }
+    }
+    const left = Prologue.leftover(prologue, pins())
     // Behind a pooler, closing the pool's connection would not clean the server's.
-    if (verdict.problem !== undefined || (verdict.leftover !== undefined && direct)) entry.broken = true
-    return verdict
+    if (left !== undefined && direct) entry.broken = true
+    return { leftover: left }
   }
 
   /**
@@ -257,10 +269,10 @@ export const make = (
   const share = (scope: Tenant.Scope, query: Wire.Query, retried = false): Effect.Effect<Wire.Answer, SqlError> =>
     Effect.uninterruptibleMask((restore) => {
       const tenant = flowOf(scope)
-      let verdict: Prologue.Verdict | undefined
+      let verdict: ShareVerdict = {}
       const runOn = (entry: WireEntry) => {
         const cycle = Effect.map(Wire.run(entry.connection, [Prologue.query(pins(), tenant), query]), (reply) => {
-          verdict = inspectShare(entry, reply, tenant)
+          verdict = inspectShare(entry, reply)
           return reply
         })
         const timed = options.queryTimeout === Infinity
@@ -286,15 +298,18 @@ export const make = (
   /** The caller's answer from a shared cycle's reply. */
   const answerOf = (
     reply: Wire.Reply,
-    verdict: Prologue.Verdict | undefined,
+    verdict: ShareVerdict,
     again: () => Effect.Effect<Wire.Answer, SqlError>,
     retried: boolean
   ): Effect.Effect<Wire.Answer, SqlError> => {
     if (reply.defect !== undefined) return Effect.die(reply.defect)
     const [prologue, answer] = reply.answers
-    if (prologue instanceof SqlError) return Effect.fail(prologue)
-    if (verdict?.problem !== undefined) return fail(new PoolError.IsolationError({ reason: verdict.problem }))
-    const warning = verdict?.leftover === undefined ? Effect.void : leftover(verdict.leftover)
+    // The prologue failed before the statement ran, and its connection is retired: once more, on another.
+    if (verdict.problem !== undefined) {
+      return retried ? fail(new PoolError.IsolationError({ reason: verdict.problem })) : again()
+    }
+    if (prologue instanceof SqlError && !reply.stale) return Effect.fail(prologue)
+    const warning = verdict.leftover === undefined ? Effect.void : leftover(verdict.leftover)
     // A statement the server no longer knew by name: once more, named afresh (nothing of it committed).
     if (reply.stale && !retried && reply.status === "I") return Effect.andThen(warning, again())
     if (answer instanceof SqlError) return Effect.andThen(warning, Effect.fail(answer))

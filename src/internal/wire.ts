@@ -384,6 +384,8 @@ export const make = (session: DriverSession, options: Options): Wire => {
 
   const finishStep = (cycle: Cycle, step: Step, tag: string): void => {
     const { command, rowCount, oid } = parseTag(tag)
+    // The server dropped prepared statements: this connection's names may be among them.
+    if (command === "DEALLOCATE" || tag === "DISCARD ALL") forgetPrepared()
     step.outcome = { command, rowCount, oid, rows: step.rows, fields: step.description?.fields ?? [] }
     cycle.at++
   }

@@ -213,14 +213,14 @@ export class MemoryConnection {
     if (this.aborted) return Effect.fail(inFailedTransaction())
     if (/^\s*(savepoint|release)\b/i.test(sql)) return Effect.succeed(answer(commandOf(sql)))
     if (sql === Prologue.prologueSql) {
-      const [, tenant, searchPath] = params as ReadonlyArray<string>
+      const tenant = params[1] as string
       this.tenant = tenant === "" ? undefined : tenant
-      return Effect.succeed(answer("SELECT", [["", "", "", "", "", tenant, "pooltest", "pooltest", searchPath, "on"]]))
+      return Effect.succeed(answer("SELECT", [["", "", ""]]))
     }
     if (sql === Prologue.searchPathQuery.sql) return Effect.succeed(answer("SELECT", [[defaultSearchPath]]))
     const resetStep = Prologue.resetSql.indexOf(sql)
     // The reset's last statement counts SQL-prepared statements: none here.
-    if (resetStep >= 0) return Effect.succeed(answer(commandOf(sql), resetStep === Prologue.resetSql.length - 1 ? [["", "0"]] : []))
+    if (resetStep >= 0) return Effect.succeed(answer(commandOf(sql), resetStep === Prologue.resetSql.length - 1 ? [["", "0", "0"]] : []))
     if (sql === "SELECT 1") return Effect.succeed(answer("SELECT", [[1]]))
     return undefined
   }
