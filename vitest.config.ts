@@ -9,6 +9,7 @@ const throughPgBouncer = [
   "test/pool.pg.test.ts",
   "test/tenant.pg.test.ts",
   "test/isolation.pg.test.ts",
+  "test/adversarial.pg.test.ts",
   "test/faults.pg.test.ts"
 ]
 

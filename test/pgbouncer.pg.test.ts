@@ -22,20 +22,16 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
-import type * as Scope from "effect/Scope"
-import * as SqlClient from "effect/sql/SqlClient"
 import { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
 import { sqlStateOf } from "../src/internal/sqlState.ts"
-import * as Pool from "../src/Pool.ts"
-import type * as PoolConfig from "../src/PoolConfig.ts"
 import * as PoolError from "../src/PoolError.ts"
 import * as Tenant from "../src/Tenant.ts"
 import * as PgBouncer from "../src/testing/PgBouncer.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
 import * as SimpleQuery from "../src/testing/internal/simpleQuery.ts"
 import { MeshHookDb } from "./support/meshhook.ts"
-import { databaseUrl, eventually } from "./support/pg.ts"
+import { databaseUrl, eventually, type Login, loginOf, upstreamOf, withPool } from "./support/pg.ts"
 
 const binary = PgBouncer.findBinary()
 const required = !["", "0", "false"].includes(process.env.MESHHOOK_REQUIRE_PGBOUNCER ?? "")
@@ -47,28 +43,6 @@ if (skipReason !== undefined) console.warn(`test/pgbouncer.pg.test.ts ${skipReas
 
 // ---------------------------------------------------------------------------
 // helpers
-
-interface Login {
-  readonly user: string
-  readonly password: string
-  readonly database: string
-}
-
-const loginOf = (url: string | Redacted.Redacted<string>): Login => {
-  const parsed = new URL(Redacted.isRedacted(url) ? Redacted.value(url) : url)
-  return {
-    user: decodeURIComponent(parsed.username),
-    password: decodeURIComponent(parsed.password),
-    database: decodeURIComponent(parsed.pathname.slice(1)) || "postgres"
-  }
-}
-
-/** The test server, as PgBouncer's upstream: its address and superuser. */
-const upstreamOf = (url: string): PgBouncer.Upstream => {
-  const parsed = new URL(url)
-  const login = loginOf(url)
-  return { host: parsed.hostname, port: Number(parsed.port || 5432), user: login.user, password: login.password }
-}
 
 /** What a client was told: the driver's reason, SQLSTATE and message, or the pool's error. */
 interface Told {
@@ -128,15 +102,6 @@ const rejection = (promise: () => Promise<unknown>): Effect.Effect<unknown> =>
   )
 
 /** Runs `use` with the pool's services on their own scope. */
-const withPool = <A, E>(
-  options: PoolConfig.Options,
-  use: (services: { readonly sql: SqlClient.SqlClient; readonly pool: Pool.Pool["Service"] }) => Effect.Effect<A, E, Scope.Scope>
-) =>
-  Effect.scoped(Effect.gen(function*() {
-    const context = yield* Layer.build(Pool.layer(options))
-    return yield* use({ sql: Context.get(context, SqlClient.SqlClient), pool: Context.get(context, Pool.Pool) })
-  }))
-
 /** The most server connections PgBouncer held for `database` and `user` while `during` ran, sampled every 20 ms. */
 const peakServers = <A, E, R>(bouncer: PgBouncer.PgBouncer, database: string, user: string, during: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {

@@ -42,7 +42,7 @@ import * as Tenant from "../Tenant.ts"
 import type { Engine } from "./engine.ts"
 import type { Entry } from "./entry.ts"
 import * as Prologue from "./prologue.ts"
-import { queryError } from "./sqlState.ts"
+import { queryError, sqlStateOf } from "./sqlState.ts"
 import * as SqlText from "./sqlText.ts"
 import * as Wire from "./wire.ts"
 
@@ -83,8 +83,11 @@ const commitRolledBack = () =>
 const committed = (answer: Answer): Effect.Effect<void, SqlError> =>
   answer.command === "ROLLBACK" ? Effect.fail(commitRolledBack()) : Effect.void
 
-/** Commands that keep the transaction's prologue in force: everything but ending or rolling back part of it. */
-const keepsPrologue: ReadonlySet<string> = new Set(["SAVEPOINT", "RELEASE"])
+/** Transaction control that keeps the transaction's prologue in force: all but ending it or rolling back part of it. */
+const keepsPrologue: ReadonlySet<string> = new Set(["BEGIN", "START", "SAVEPOINT", "RELEASE"])
+
+/** `COMMIT` / `ROLLBACK` and their synonyms, ending a transaction without starting another. */
+const plainEnd = /^\s*(?:commit|end|rollback|abort)(?:\s+(?:work|transaction))?\s*;?\s*$/i
 
 /** Statements that unwind a transaction (`ROLLBACK`, `ROLLBACK TO`, `RELEASE`). */
 const unwinds: ReadonlySet<string> = new Set(["ROLLBACK", "ABORT", "RELEASE"])
@@ -176,8 +179,12 @@ export class Lease implements Connection {
   }
 
   private observed(sql: string, query: Wire.Query): Effect.Effect<Answer, SqlError> {
-    const reading = SqlText.read(sql)
-    return this.context.observe(reading, this.scope, this.guard(this.statement(query, reading)))
+    return Effect.suspend(() => {
+      // A fiber that outlived the lease learns that first, whatever scope it asks for.
+      if (this.revoked) return fail(new PoolError.ConnectionReleasedError())
+      const reading = SqlText.read(sql)
+      return this.context.observe(reading, this.scope, this.guard(this.statement(query, reading)))
+    })
   }
 
   // --- statements ---
@@ -215,8 +222,8 @@ export class Lease implements Connection {
         this.begin = query
         return Effect.succeed(answered("BEGIN"))
       }
-      // A transaction that never reached the server has nothing to end.
-      if (this.begin !== undefined && (operation === "COMMIT" || operation === "END" || unwinds.has(operation)) && quiet) {
+      // A transaction that never reached the server has nothing to end (`AND CHAIN` would start one: it goes out).
+      if (this.begin !== undefined && plainEnd.test(query.sql) && quiet) {
         this.begin = undefined
         return Effect.succeed(answered(operation === "COMMIT" || operation === "END" ? "COMMIT" : "ROLLBACK"))
       }
@@ -268,12 +275,17 @@ export class Lease implements Connection {
    * prologue) in one cycle, preceded by the prologue when it starts a
    * transaction, and by the caller's pending `BEGIN`.
    */
-  private send(query: Wire.Query | undefined, reading: SqlText.Reading | undefined, retried = false): Effect.Effect<Answer, SqlError> {
+  private send(
+    query: Wire.Query | undefined,
+    reading: SqlText.Reading | undefined,
+    retried = false,
+    alone = false
+  ): Effect.Effect<Answer, SqlError> {
     const sent = Effect.callback<Answer, SqlError>((resume) => {
       if (this.revoked) return resume(fail(new PoolError.ConnectionReleasedError()))
       const begin = this.begin
       const before = { predicted: this.predicted, pinned: this.pinned }
-      const pin = begin !== undefined || this.predicted === "I" || (this.predicted === "T" && !this.pinned)
+      const pin = !alone && (begin !== undefined || this.predicted === "I" || (this.predicted === "T" && !this.pinned))
       const queries: Array<Wire.Query> = []
       if (begin !== undefined) queries.push(begin)
       if (pin) queries.push(Prologue.query(this.context.pins(), this.tenant))
@@ -357,8 +369,9 @@ export class Lease implements Connection {
     // Rule 3: the status is the server's once nothing else of the lease is in flight.
     if (this.inFlight === 0) this.predicted = reply.status
     if (reply.status !== "T") this.pinned = false
-    else if (prologue !== undefined && !(prologue instanceof SqlError) && problem === undefined) this.pinned = true
+    // A statement that ended or undid part of the transaction, after the prologue or not: the next one pins again.
     else if (reading !== undefined && reading.effect === "control" && !keepsPrologue.has(reading.operation)) this.pinned = false
+    else if (prologue !== undefined && !(prologue instanceof SqlError) && problem === undefined) this.pinned = true
     if (problem !== undefined) {
       this.condemned ??= problem
       return fail(new PoolError.IsolationError({ reason: problem }))
@@ -373,6 +386,12 @@ export class Lease implements Connection {
       if (!plainCommands.has(answer.command)) this.leftState ??= `${answer.command} ran on the session`
       return Effect.succeed(answer)
     }
+    // PostgreSQL refuses some statements after another in the same cycle (VACUUM, DISCARD ALL, ... CONCURRENTLY):
+    // they cannot run in a transaction, and run alone, without a prologue to pin.
+    if (
+      prologue !== undefined && !began && !retried && answer instanceof SqlError && sqlStateOf(answer) === "25001" &&
+      reply.statusBefore === "I" && reply.status === "I"
+    ) return this.send(query, reading, true, true)
     const failure = this.firstFailure(answers)
     return this.unwound(reading, answer) ??
       Effect.andThen(failure, Effect.fail(queryError(new Error("no answer"), "PgConnection: The statement got no answer")))

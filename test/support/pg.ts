@@ -2,6 +2,10 @@
  * Helpers for tests against the real server started by globalSetup.
  */
 import * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Context from "effect/Context"
+import * as Layer from "effect/Layer"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as PgBouncer from "../../src/testing/PgBouncer.ts"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
@@ -55,6 +59,39 @@ export const eventually = <E, R>(
     }
     return yield* condition
   })
+
+/** A pool of its own for `use`, closed when it returns. */
+export const withPool = <A, E>(
+  options: PoolConfig.Options,
+  use: (services: { readonly sql: SqlClient.SqlClient; readonly pool: Pool.Pool["Service"] }) => Effect.Effect<A, E, Scope.Scope>
+) =>
+  Effect.scoped(Effect.gen(function*() {
+    const context = yield* Layer.build(Pool.layer(options))
+    return yield* use({ sql: Context.get(context, SqlClient.SqlClient), pool: Context.get(context, Pool.Pool) })
+  }))
+
+/** A role's login on a server, from a URL. */
+export interface Login {
+  readonly user: string
+  readonly password: string
+  readonly database: string
+}
+
+export const loginOf = (url: string | Redacted.Redacted<string>): Login => {
+  const parsed = new URL(Redacted.isRedacted(url) ? Redacted.value(url) : url)
+  return {
+    user: decodeURIComponent(parsed.username),
+    password: decodeURIComponent(parsed.password),
+    database: decodeURIComponent(parsed.pathname.slice(1)) || "postgres"
+  }
+}
+
+/** A server, as PgBouncer's upstream: its address and superuser. */
+export const upstreamOf = (url: string): PgBouncer.Upstream => {
+  const parsed = new URL(url)
+  const login = loginOf(url)
+  return { host: parsed.hostname, port: Number(parsed.port || 5432), user: login.user, password: login.password }
+}
 
 /** The pool layer on the test server. */
 export const poolLayer = (options: PoolConfig.Options = {}) =>
