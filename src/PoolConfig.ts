@@ -76,9 +76,13 @@ export interface Options {
   /** How often the adaptive pool measures and may change its limit. Default 1 s. */
   readonly sizingInterval?: Duration.Input | undefined
   /**
-   * Autocommit statements without a tenant that one connection carries at
-   * once, pipelined. `1` gives every statement a connection of its own.
-   * Default 16.
+   * Lone statements (queries and DML, with a tenant or without) that one
+   * connection carries at once, pipelined, each in its own implicit
+   * transaction. `1` gives every statement a connection of its own. Default
+   * 16; 1 with `behindPooler: "transaction"`, since a transaction-mode
+   * pooler may move each transaction to another server connection and
+   * PgBouncer 1.18 garbles transactions pipelined on one client connection
+   * (measured: docs/scaling.md).
    */
   readonly pipelineDepth?: number | undefined
   /** Callers allowed to wait at once; past it, `PoolSaturatedError`. `Infinity` for no bound. Default 1000. */
@@ -622,8 +626,14 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
     const max = check(integer("max", options.max, defaults.max, 1))
     if (min !== undefined && max !== undefined && min > max) check(bad("min", min, `must not exceed max (${max})`))
     const maxConnecting = check(integer("maxConnecting", options.maxConnecting, defaults.maxConnecting, 1))
-    const pipelineDepth = check(integer("pipelineDepth", options.pipelineDepth, defaults.pipelineDepth, 1))
-    if (pipelineDepth > 128) check(bad("pipelineDepth", pipelineDepth, "must be at most 128 (the driver's pipeline)"))
+    const pipelineDepth = check(integer(
+      "pipelineDepth",
+      options.pipelineDepth,
+      // A transaction-mode pooler may put each transaction on another server connection: one at a time on each of ours.
+      options.behindPooler === "transaction" ? 1 : defaults.pipelineDepth,
+      1
+    ))
+    if (pipelineDepth > 128) check(bad("pipelineDepth", pipelineDepth, "must be at most 128"))
     const maxWaiting = check(integer("maxWaiting", options.maxWaiting, defaults.maxWaiting, 0, { infinite: true }))
     const maxUses = check(integer("maxUses", options.maxUses, defaults.maxUses, 1, { infinite: true }))
     const preparedStatementCacheSize = check(

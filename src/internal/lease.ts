@@ -232,10 +232,21 @@ export class Lease implements Connection {
         this.condemned ??= "a statement was interrupted mid-transaction"
         return Effect.succeed(answered("ROLLBACK"))
       }
-      return reading.effect === "neutral" && this.serializing === 0
+      return reading.effect === "neutral" && this.serializing === 0 && this.mayPipeline()
         ? this.send(query, reading)
         : this.serialized(this.send(query, reading))
     })
+  }
+
+  /**
+   * Whether a cycle may go out behind this lease's others still in flight.
+   * Directly, always (neutral statements cannot end a transaction). Behind a
+   * transaction-mode pooler only inside a transaction: between two, the
+   * pooler may move the client to another server connection, and PgBouncer
+   * garbles a transaction pipelined behind one that ended.
+   */
+  private mayPipeline(): boolean {
+    return this.context.direct || this.inFlight === 0 || this.predicted === "T"
   }
 
   /** Runs `effect` once everything sent before it is answered, and holds what follows until it is. */
@@ -482,8 +493,9 @@ export class Lease implements Connection {
     return this.serializing === 0 && this.inFlight === 0 ? commit : this.serialized(commit)
   })
 
+  /** Directly only: behind a pooler the next borrower's transaction would be pipelined behind this one's end. */
   private mayHandOff(): boolean {
-    return this.suspect === undefined && this.leftState === undefined && this.condemned === undefined &&
+    return this.context.direct && this.suspect === undefined && this.leftState === undefined && this.condemned === undefined &&
       !this.interrupted && !this.entry.broken &&
       this.context.sessionCheck !== "always"
   }
