@@ -492,18 +492,22 @@ interface UrlParts {
   readonly applicationName?: string
 }
 
-/** The URL with its password masked, for error messages. */
-const maskUrl = (raw: string): string => raw.replace(/^([a-z]+:\/\/[^:/@]*:)[^@]*@/i, "$1<redacted>@")
+/**
+ * A URL is never shown in an error, whatever its shape: a malformed one can
+ * carry its password anywhere (an unencoded `@`, a `jdbc:` prefix, the query
+ * string). The reason says what is wrong.
+ */
+const badUrl = (reason: string): Check<never> => bad("url", "<redacted>", reason)
 
 const parseUrl = (raw: string): Check<UrlParts> => {
   let url: URL
   try {
     url = new URL(raw)
   } catch {
-    return bad("url", maskUrl(raw), "not a URL")
+    return badUrl("not a URL")
   }
   if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
-    return bad("url", maskUrl(raw), "the scheme must be postgres:// or postgresql://")
+    return badUrl("the scheme must be postgres:// or postgresql://")
   }
   const decode = (text: string): string | undefined => {
     try {
@@ -518,18 +522,18 @@ const parseUrl = (raw: string): Check<UrlParts> => {
   for (const [key, text] of [["username", url.username], ["password", url.password]] as const) {
     if (text === "") continue
     const decoded = decode(text)
-    if (decoded === undefined) return bad("url", maskUrl(raw), `bad percent-encoding in the ${key}`)
+    if (decoded === undefined) return badUrl(`bad percent-encoding in the ${key}`)
     parts[key] = decoded
   }
   const database = decode(url.pathname.replace(/^\//, ""))
-  if (database === undefined) return bad("url", maskUrl(raw), "bad percent-encoding in the database name")
+  if (database === undefined) return badUrl("bad percent-encoding in the database name")
   if (database !== "") parts.database = database
   const params = url.searchParams
   if (params.has("host")) parts.host = params.get("host")!
   if (params.has("port")) {
     const port = Number(params.get("port"))
     if (!Number.isInteger(port) || port < 1 || port > 65535) {
-      return bad("url", maskUrl(raw), `bad port ${JSON.stringify(params.get("port"))}`)
+      return badUrl("bad port in the query string")
     }
     parts.port = port
   }

@@ -5,7 +5,11 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
+import * as SqlClient from "effect/sql/SqlClient"
+import type { SqlError } from "effect/sql/SqlError"
+import * as PoolError from "../src/PoolError.ts"
 import * as Tenant from "../src/Tenant.ts"
+import { PoolTest } from "../src/testing/index.ts"
 
 const scope = Effect.service(Tenant.CurrentTenant)
 
@@ -61,4 +65,53 @@ describe("Tenant", () => {
     assert.isFalse(Tenant.sameScope({ _tag: "Tenant", id: "a" }, { _tag: "None" }))
     assert.isTrue(Tenant.sameScope({ _tag: "Unscoped", reason: "x" }, { _tag: "Unscoped", reason: "y" }))
   })
+})
+
+describe("tenant values the pool refuses, before any connection is taken", () => {
+  const poolErrorOf = (error: SqlError) => PoolError.fromSqlError(error)
+
+  it.effect("a tenant id that is not well-formed Unicode, not a string, or a scope that is not one", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const attempts: ReadonlyArray<readonly [string, Tenant.Scope]> = [
+        ["a lone high surrogate", { _tag: "Tenant", id: "tenant-\uD800" }],
+        ["a lone low surrogate", { _tag: "Tenant", id: "\uDC00tenant" }],
+        ["a number", { _tag: "Tenant", id: 42 as unknown as string }],
+        ["an object whose toString throws", {
+          _tag: "Tenant",
+          id: { toString: () => { throw new Error("boom") } } as unknown as string
+        }],
+        ["null", null as unknown as Tenant.Scope],
+        ["an unknown tag", { _tag: "Everyone" } as unknown as Tenant.Scope],
+        ["an unscoped scope without a reason", { _tag: "Unscoped" } as unknown as Tenant.Scope]
+      ]
+      for (const [what, value] of attempts) {
+        const error = yield* Effect.flip(Effect.provideService(sql`SELECT 1`, Tenant.CurrentTenant, value))
+        assert.instanceOf(poolErrorOf(error), PoolError.InvalidTenantError, what)
+      }
+      // Well-formed ids with surrogate pairs are fine.
+      yield* Tenant.with("tenant-\uD83D\uDE00")(sql`SELECT 1`)
+      yield* PoolTest.assertRan("SELECT 1", { tenant: "tenant-\uD83D\uDE00", times: 1 })
+    }).pipe(Effect.provide(PoolTest.layer({ unmatched: "empty" }))))
+
+  it.effect("with hashed tenant telemetry, error messages (and so span exception events) name no tenant id", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const id = "acme-secret-tenant"
+      const mismatch = yield* Effect.flip(Tenant.with(id)(sql.withTransaction(Tenant.with("other-tenant")(sql`SELECT 1`))))
+      assert.instanceOf(poolErrorOf(mismatch), PoolError.TenantMismatchError)
+      const invalid = yield* Effect.flip(Tenant.with(`${id}\u0000`)(sql`SELECT 1`))
+      assert.instanceOf(poolErrorOf(invalid), PoolError.InvalidTenantError)
+      for (const error of [mismatch, invalid]) {
+        assert.notInclude(`${error.message} ${poolErrorOf(error)!.message} ${JSON.stringify(poolErrorOf(error))}`, id)
+        assert.match(poolErrorOf(error)!.message, /#[0-9a-f]{16}/)
+      }
+    }).pipe(Effect.provide(PoolTest.layer({ unmatched: "empty", pool: { tenantTelemetry: "hashed" } }))))
+
+  it.effect("with plain tenant telemetry the id is shown, quoted", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const mismatch = yield* Effect.flip(Tenant.with("acme")(sql.withTransaction(Tenant.with("other")(sql`SELECT 1`))))
+      assert.include(poolErrorOf(mismatch)!.message, "\"acme\"")
+    }).pipe(Effect.provide(PoolTest.layer({ unmatched: "empty", pool: { tenantTelemetry: "plain" } }))))
 })

@@ -221,7 +221,6 @@ export class MemoryConnection {
     const resetStep = Prologue.resetSql.indexOf(sql)
     // The reset's last statement counts SQL-prepared statements: none here.
     if (resetStep >= 0) return Effect.succeed(answer(commandOf(sql), resetStep === Prologue.resetSql.length - 1 ? [["", "0", "0"]] : []))
-    if (sql === "SELECT 1") return Effect.succeed(answer("SELECT", [[1]]))
     return undefined
   }
 
