@@ -130,6 +130,8 @@ export const nodePostgres = async (target: Target, tuned: boolean): Promise<Clie
     application_name: target.applicationName,
     ...(tuned ? { keepAlive: true, idleTimeoutMillis: 60_000 } : {})
   })
+  // An idle client's error (its server going away at the end of a run) would otherwise end the process.
+  pool.on("error", () => undefined)
   const names = new Map<string, string>()
   const config = (s: Sql): pg.QueryConfig => {
     if (!tuned) return { text: s.text, values: [...s.params] }
