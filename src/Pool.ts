@@ -202,8 +202,6 @@ const sessionPins = (resolved: PoolConfig.Resolved) => {
 const pinsFor = (resolved: PoolConfig.Resolved, searchPath: string): Prologue.Pins => ({
   tenantSetting: resolved.tenantSetting,
   searchPath,
-  // Behind a pooler, the server-side login may differ from ours (Supavisor's `user.project` names).
-  login: resolved.behindPooler === "none" ? resolved.username : undefined,
   baseline: resolved.behindPooler === "none"
 })
 

@@ -47,6 +47,7 @@ const kinds = [
   "stream",
   "unscopedRead",
   "probe",
+  "sharedProbe",
   "sessionStatement",
   "sessionFunction",
   "lateFork",
@@ -236,24 +237,31 @@ layer(MeshHookDb.layer({ tenants, runsPerTenant: 2 }), { excludeTestServices: tr
                     })
                   )
                 case "probe":
-                  return Tenant.unscoped("probe")(sql<{ dirty: string }>`
+                case "sharedProbe": {
+                  // A transaction's prologue refuses sessions holding a holdable cursor; a lone statement's skips that
+                  // scan (docs/security.md): a cursor a function made with no sign is what it may still see.
+                  const probe = sql<{ dirty: string }>`
                     SELECT concat_ws(', ',
                       CASE WHEN coalesce(current_setting('app.project_id', true), '') <> '' THEN 'tenant' END,
                       CASE WHEN current_user::text <> 'mh_worker' THEN 'role' END,
+                      CASE WHEN current_setting('search_path') <> '"$user", public, pg_temp' THEN 'search_path' END,
                       CASE WHEN current_setting('statement_timeout') <> '0' THEN 'statement_timeout' END,
                       CASE WHEN EXISTS (SELECT FROM pg_listening_channels()) THEN 'listen' END,
                       CASE WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) THEN 'lock' END,
                       CASE WHEN EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql) THEN 'prepared' END,
-                      CASE WHEN EXISTS (SELECT FROM pg_cursors WHERE is_holdable) THEN 'cursor' END,
                       CASE WHEN EXISTS (SELECT FROM pg_class WHERE relnamespace = pg_my_temp_schema()) THEN 'temp' END,
-                      CASE WHEN EXISTS (SELECT FROM workflow_runs) THEN 'rows' END) AS dirty`).pipe(
+                      CASE WHEN EXISTS (SELECT FROM workflow_runs) THEN 'rows' END,
+                      CASE WHEN EXISTS (SELECT FROM pg_cursors WHERE is_holdable) THEN 'cursor' END) AS dirty`
+                  return Tenant.unscoped("probe")(op.kind === "probe" ? sql.withTransaction(probe) : probe).pipe(
                     Effect.map(([row]) => {
-                      if (row.dirty !== "") {
+                      const dirty = op.kind === "sharedProbe" ? row.dirty.replace(/(, )?cursor$/, "") : row.dirty
+                      if (dirty !== "") {
                         seen.dirtyProbes++
-                        seen.violations.push(`a borrower without a tenant found ${row.dirty} on its session`)
+                        seen.violations.push(`a borrower without a tenant found ${dirty} on its session (${op.kind})`)
                       }
                     })
                   )
+                }
                 case "sessionStatement": {
                   const statement = sessionStatements[op.variant]
                   const params = statement.includes("$1") ? [db.projects[op.other]] : []

@@ -236,7 +236,7 @@ describe.skipIf(skipReason !== undefined)(`PgBouncer 1.18 in transaction mode${s
             }))
 
         const prepared = yield* scenario(true)
-        assert.isTrue(Exit.isFailure(prepared.inTransaction), "the transaction failed")
+        assert.isTrue(Exit.isFailure(prepared.inTransaction), `the transaction failed: ${JSON.stringify(prepared.inTransaction)}`)
         const error = told(errorOf(prepared.inTransaction))
         assert.strictEqual(error.state, "26000", JSON.stringify(error))
         assert.match(error.message, /^prepared statement "mh_[0-9a-z]+_\d+" does not exist$/)
@@ -457,7 +457,7 @@ describe.skipIf(skipReason !== undefined)(`PgBouncer 1.18 in transaction mode${s
                   transaction: Tenant.with(projects[0])(sql.withTransaction(sql.unsafe(seen)))
                 })
             ).pipe(Effect.provide(capture))
-            return { plain, pool, warned: warnings.some((w) => w.includes("found a tenant setting left on the session by an earlier borrower")) }
+            return { plain, pool, warned: warnings.some((w) => w.includes("found a tenant setting on a server connection of the pooler")) }
           })
         const plain = yield* leaked({})
         // PgBouncer hands the server connection, with its session state, to its next client.

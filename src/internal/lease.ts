@@ -67,6 +67,8 @@ export interface Context {
   readonly warn: (message: string) => Effect.Effect<void>
   /** Warns (at most once a minute) that a prologue found `what` left on a session by an earlier borrower. */
   readonly leftover: (what: string) => Effect.Effect<void>
+  /** Takes another connection for the caller (in its turn, with its priority). */
+  readonly acquire: (scope: Tenant.Scope) => Effect.Effect<Entry<Wire.Wire>, SqlError>
 }
 
 /** What a statement returned, as the driver's `Result`. */
@@ -92,13 +94,18 @@ const plainEnd = /^\s*(?:commit|end|rollback|abort)(?:\s+(?:work|transaction))?\
 /** Statements that unwind a transaction (`ROLLBACK`, `ROLLBACK TO`, `RELEASE`). */
 const unwinds: ReadonlySet<string> = new Set(["ROLLBACK", "ABORT", "RELEASE"])
 
-/** The pool's own transaction control; named prepared statements where the pool uses them. */
-const control = (sql: string): Wire.Query => ({ sql, params: [], prepare: true, shape: "values" })
+/**
+ * The pool's own transaction control, unnamed: a name the server no longer
+ * holds (dropped by `DEALLOCATE` in a function, or a pooler's other server
+ * connection) must never keep a transaction from ending.
+ */
+const control = (sql: string): Wire.Query => ({ sql, params: [], prepare: false, shape: "values" })
 
 /** @internal */
 export class Lease implements Connection {
-  readonly entry: Entry<Wire.Wire>
-  readonly wire: Wire.Wire
+  /** The connection, and its session: another one if the first had been left unclean (rule 2). */
+  entry: Entry<Wire.Wire>
+  wire: Wire.Wire
   readonly scope: Tenant.Scope
   readonly context: Context
   /** Check that each statement's fiber asks for this lease's tenant scope (a lease that outlives one statement). */
@@ -117,6 +124,8 @@ export class Lease implements Connection {
   pinned = false
   /** This lease's cycles on the wire, not yet answered (a predecessor's `COMMIT` may still be ahead of them). */
   inFlight = 0
+  /** Cycles this lease has sent on its connection. */
+  sent = 0
   /** Statements waiting for, or in, the serialized path. */
   serializing = 0
   /** Why the session must be reset before the connection is lent again, from text or an earlier borrower's leftovers. */
@@ -272,6 +281,7 @@ export class Lease implements Connection {
   private submit(queries: ReadonlyArray<Wire.Query>, reply: (reply: Wire.Reply) => void): SqlError | undefined {
     // Counted before it is queued: a reply may come at once.
     this.inFlight++
+    this.sent++
     const refused = this.wire.submit(queries, (answer) => {
       this.inFlight--
       if (this.inFlight === 0) for (const waiter of this.idleWaiters.splice(0)) waiter()
@@ -309,7 +319,7 @@ export class Lease implements Connection {
       if (pin && this.predicted === "T") this.pinned = true
       const refused = this.submit(
         queries,
-        (reply) => resume(this.settle(reply, begin !== undefined, pin, query, reading, retried))
+        (reply) => resume(this.settle(reply, begin, pin, query, reading, retried))
       )
       if (refused !== undefined) {
         this.begin = begin
@@ -343,7 +353,7 @@ export class Lease implements Connection {
   /** Reads a cycle's reply: the server's transaction status, its reports, the prologue's verdict, the caller's answer. */
   private settle(
     reply: Wire.Reply,
-    began: boolean,
+    begin: Wire.Query | undefined,
     pinned: boolean,
     query: Wire.Query | undefined,
     reading: SqlText.Reading | undefined,
@@ -352,24 +362,25 @@ export class Lease implements Connection {
     if (reply.defect !== undefined) return Effect.die(reply.defect)
     this.noteReports()
     const answers = reply.answers
-    const prologue = pinned ? answers[began ? 1 : 0] : undefined
+    const prologue = pinned ? answers[begin !== undefined ? 1 : 0] : undefined
     let problem: string | undefined
     let warning: Effect.Effect<void> = Effect.void
     if (prologue instanceof SqlError) {
       problem = Prologue.isUnconfirmed(prologue)
     } else if (prologue !== undefined) {
-      const left = Prologue.leftover(prologue, this.context.pins())
-      if (left !== undefined) {
-        this.suspect ??= `an earlier borrower left ${left}`
-        warning = this.context.leftover(left)
+      const verdict = Prologue.verdict(prologue, this.context.pins(), this.tenant)
+      problem = verdict.problem
+      if (verdict.leftover !== undefined) {
+        this.suspect ??= `an earlier borrower left ${verdict.leftover}`
+        warning = this.context.leftover(verdict.leftover)
       }
     }
-    return Effect.andThen(warning, this.outcome(reply, began, problem, prologue, query, reading, retried))
+    return Effect.andThen(warning, this.outcome(reply, begin, problem, prologue, query, reading, retried))
   }
 
   private outcome(
     reply: Wire.Reply,
-    began: boolean,
+    begin: Wire.Query | undefined,
     problem: string | undefined,
     prologue: Answer | SqlError | undefined,
     query: Wire.Query | undefined,
@@ -384,13 +395,17 @@ export class Lease implements Connection {
     else if (reading !== undefined && reading.effect === "control" && !keepsPrologue.has(reading.operation)) this.pinned = false
     else if (prologue !== undefined && !(prologue instanceof SqlError) && problem === undefined) this.pinned = true
     if (problem !== undefined) {
+      // Nothing of the caller's ran or is open on this session: on another connection.
+      if (this.sent === 1 && this.inFlight === 0 && reply.statusBefore === "I" && !retried) {
+        return Effect.andThen(this.context.leftover(problem), this.onAnotherConnection(query, reading, begin))
+      }
       this.condemned ??= problem
       return fail(new PoolError.IsolationError({ reason: problem }))
     }
     if (query === undefined) return Effect.as(this.firstFailure(answers), answered("BEGIN"))
     const answer = answers[answers.length - 1]
     // A statement the server no longer knew by name, in a cycle that committed nothing: once more, named afresh.
-    if (reply.stale && !retried && reply.status === "I" && reply.statusBefore === "I" && !began && reading?.effect !== "control") {
+    if (reply.stale && !retried && reply.status === "I" && reply.statusBefore === "I" && begin === undefined && reading?.effect !== "control") {
       return this.send(query, reading, true)
     }
     if (answer !== undefined && !(answer instanceof SqlError)) {
@@ -400,7 +415,7 @@ export class Lease implements Connection {
     // PostgreSQL refuses some statements after another in the same cycle (VACUUM, DISCARD ALL, ... CONCURRENTLY):
     // they cannot run in a transaction, and run alone, without a prologue to pin.
     if (
-      prologue !== undefined && !began && !retried && answer instanceof SqlError && sqlStateOf(answer) === "25001" &&
+      prologue !== undefined && begin === undefined && !retried && answer instanceof SqlError && sqlStateOf(answer) === "25001" &&
       reply.statusBefore === "I" && reply.status === "I"
     ) return this.send(query, reading, true, true)
     const failure = this.firstFailure(answers)
@@ -423,6 +438,31 @@ export class Lease implements Connection {
     }
     this.condemned ??= "the connection was lost mid-transaction"
     return Effect.succeed(answered("ROLLBACK"))
+  }
+
+  /**
+   * Retires the connection whose session the prologue refused and sends the
+   * cycle again on another (with its `BEGIN`, if it carried the caller's).
+   */
+  private onAnotherConnection(
+    query: Wire.Query | undefined,
+    reading: SqlText.Reading | undefined,
+    begin: Wire.Query | undefined
+  ): Effect.Effect<Answer, SqlError> {
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.suspend(() => {
+        this.context.engine.invalidate(this.entry)
+        return Effect.flatMap(restore(this.context.acquire(this.scope)), (entry) => {
+          this.entry = entry
+          this.wire = entry.connection
+          this.sent = 0
+          this.predicted = "I"
+          this.pinned = false
+          this.begin = begin
+          return restore(this.send(query, reading, true))
+        })
+      })
+    )
   }
 
   private firstFailure(answers: ReadonlyArray<Answer | SqlError | undefined>): Effect.Effect<void, SqlError> {

@@ -35,84 +35,135 @@ import * as SqlText from "./sqlText.ts"
 /** Marks the prologue's own failure in its error message. */
 const unconfirmedMark = "meshhook: isolation not in force:"
 
+/** Marks the answer of the pinning prologue when it found something to pin: flags of what it found follow. */
+const leftoverMark = "leftover:"
+
 /**
- * `$1` the tenant setting, `$2` its value for this transaction (`""` without
- * a tenant), `$3` the pinned `search_path`, `$4` the pool's login role (`""`
- * when unknown). Columns are evaluated left to right: `leftover` reads the
- * session before anything is set, `pinned` sets what differs, and
- * `confirmed` checks the values in force, and that the session holds no
- * object that carries an earlier borrower's rows (a temporary relation, a
- * holdable cursor), failing the statement (and so the rest of its cycle:
- * the work it guards never runs) otherwise. Its error is recognised by
- * {@link isUnconfirmed}.
+ * What the prologue checks of a session, each as a condition that holds on
+ * a clean one and the words for what an earlier borrower left when it does
+ * not. `$1` is the tenant setting, `$3` the pinned `search_path`.
+ */
+const sessionChecks: ReadonlyArray<readonly [string, string]> = [
+  ["coalesce(current_setting($1, true), '') = ''", "a tenant setting"],
+  ["current_user = session_user", "a role"],
+  ["current_setting('search_path') = $3", "a search_path"],
+  ["pg_my_temp_schema() = 0", "a temporary schema"],
+  // A scan of the session's portals: the dearest check, left out where only `FETCH` or a function could use it.
+  ["NOT EXISTS (SELECT FROM pg_cursors WHERE is_holdable)", "a holdable cursor"]
+]
+
+/** The checks a prologue makes: without the cursor scan for a statement on a shared connection. */
+const checksFor = (cursors: boolean) => cursors ? sessionChecks : sessionChecks.slice(0, -1)
+
+/** One flag per check, `1` where the session fails it: what the prologue reports. */
+const flags = (checks: ReadonlyArray<readonly [string, string]>): string =>
+  checks.map(([condition]) => `(NOT ${condition})::int`).join(" || ")
+
+/** What failed flags say, in words. */
+const described = (bits: string, checks: ReadonlyArray<readonly [string, string]>, skip: ReadonlySet<string> = new Set()) =>
+  checks.filter(([, words], i) => bits[i] === "1" && !skip.has(words)).map(([, words]) => words).join(", ")
+
+/**
+ * The prologue. `$1` the tenant setting, `$2` its value for this transaction
+ * (`""` without a tenant), `$3` the pinned `search_path`. Both forms answer
+ * a clean session by setting the tenant, transaction-locally, and returning
+ * the value `set_config` set; they differ on a session that is not clean.
+ *
+ * - `refusing` (directly on PostgreSQL, where the pool set every session
+ *   up): the prologue fails, and with it the rest of its cycle, so the work
+ *   it guards never runs; its error says what it found. The pool retires
+ *   the connection and runs the work on another.
+ * - `pinning` (behind a pooler, whose server connections other clients
+ *   leave as they like, and whose `search_path` the pool never set): it
+ *   sets the tenant, the role (`NONE`: the session's own) and the
+ *   `search_path`, transaction-locally, answers with flags of what it found
+ *   (read before anything is set: operands are evaluated left to right),
+ *   then checks the values in force and fails if any is not the pinned one,
+ *   or a temporary schema or holdable cursor is on the session.
+ */
+const prologueOf = (form: "refusing" | "pinning", cursors: boolean): string => {
+  const checks = checksFor(cursors)
+  const clean = checks.map(([condition]) => condition).join(" AND ")
+  const fast = "CASE WHEN $2 = '' THEN '' ELSE set_config($1, $2, true) END"
+  if (form === "refusing") {
+    return `SELECT CASE WHEN ${clean} THEN ${fast}
+  ELSE set_config('default_transaction_isolation', '${unconfirmedMark} ' || ${flags(checks)}, true) END`
+  }
+  const inForce = ["coalesce(current_setting($1, true), '') = $2", ...checks.slice(1).map(([condition]) => condition)].join(" AND ")
+  return `SELECT CASE WHEN ${clean} THEN ${fast}
+  ELSE '${leftoverMark}' || ${flags(checks)}
+    || substr(set_config($1, $2, true) || set_config('role', 'none', true) || set_config('search_path', $3, true), 1, 0)
+    || CASE WHEN ${inForce} THEN '' ELSE set_config('default_transaction_isolation', '${unconfirmedMark} pinned', true) END
+END`
+}
+
+/**
+ * The prologues of the transactions a lease starts, which also refuse a
+ * session holding a holdable cursor (whose rows only `FETCH`, a statement
+ * that never shares a connection, or a function could read), and of shared
+ * statements, which skip that scan; refusing and pinning forms.
  *
  * @internal
  */
-export const prologueSql = `SELECT concat_ws(', ',
-    CASE WHEN coalesce(current_setting($1, true), '') <> '' THEN 'a tenant setting' END,
-    CASE WHEN current_user <> session_user THEN 'a role' END,
-    CASE WHEN current_setting('search_path') <> $3 THEN 'a search_path' END,
-    CASE WHEN current_setting('row_security') <> 'on' THEN 'row_security' END) AS leftover,
-  concat(
-    CASE WHEN coalesce(current_setting($1, true), '') = $2 THEN '' ELSE set_config($1, $2, true) END,
-    CASE WHEN current_user = session_user THEN '' ELSE set_config('role', 'none', true) END,
-    CASE WHEN current_setting('search_path') = $3 THEN '' ELSE set_config('search_path', $3, true) END,
-    CASE WHEN current_setting('row_security') = 'on' THEN '' ELSE set_config('row_security', 'on', true) END) AS pinned,
-  CASE WHEN coalesce(current_setting($1, true), '') = $2 AND current_user = session_user
-      AND ($4 = '' OR session_user = $4) AND current_setting('search_path') = $3 AND current_setting('row_security') = 'on'
-      AND pg_my_temp_schema() = 0 AND NOT EXISTS (SELECT FROM pg_cursors WHERE is_holdable)
-    THEN ''
-    ELSE set_config('default_transaction_isolation', '${unconfirmedMark} ' || concat_ws(', ',
-      CASE WHEN coalesce(current_setting($1, true), '') <> $2 THEN 'the tenant setting' END,
-      CASE WHEN current_user <> session_user THEN 'the role' END,
-      CASE WHEN $4 <> '' AND session_user <> $4 THEN 'the session user' END,
-      CASE WHEN current_setting('search_path') <> $3 THEN 'the search_path' END,
-      CASE WHEN current_setting('row_security') <> 'on' THEN 'row_security' END,
-      CASE WHEN pg_my_temp_schema() <> 0 THEN 'a temporary schema on the session' END,
-      CASE WHEN EXISTS (SELECT FROM pg_cursors WHERE is_holdable) THEN 'a holdable cursor on the session' END), true)
-  END AS confirmed`
+export const prologues = {
+  refusing: { lease: prologueOf("refusing", true), shared: prologueOf("refusing", false) },
+  pinning: { lease: prologueOf("pinning", true), shared: prologueOf("pinning", false) }
+} as const
 
 /** What the pool's session must look like; the values the prologue pins. @internal */
 export interface Pins {
   readonly tenantSetting: string
   /** The pinned `search_path`, with `pg_temp` last. */
   readonly searchPath: string
-  /** The role the pool logs in as, when known: the session user must be it. */
-  readonly login: string | undefined
   /**
-   * The session's own `search_path` is the pinned one (set when the pool
-   * opened it), so a different one is a leftover. Not behind a pooler,
-   * whose server connections the pool does not set up.
+   * The pool set every session up (directly on PostgreSQL): its own
+   * `search_path` is the pinned one, and a session that differs is refused.
+   * Not behind a pooler, whose server connections the pool does not set
+   * up: there the prologue pins.
    */
   readonly baseline: boolean
 }
 
-/** The prologue for a transaction of tenant `tenant` (`""` for none). @internal */
-export const query = (pins: Pins, tenant: string): Query => ({
-  sql: prologueSql,
-  params: [pins.tenantSetting, tenant, pins.searchPath, pins.login ?? ""],
-  prepare: true,
-  shape: "values"
-})
+/** The prologue for a transaction of tenant `tenant` (`""` for none); `shared` for a statement on a shared connection. @internal */
+export const query = (pins: Pins, tenant: string, shared = false): Query => {
+  const form = pins.baseline ? prologues.refusing : prologues.pinning
+  return {
+    sql: shared ? form.shared : form.lease,
+    params: [pins.tenantSetting, tenant, pins.searchPath],
+    prepare: true,
+    shape: "values"
+  }
+}
 
-/**
- * What an earlier borrower left on the session, in words, from the
- * prologue's answer; `undefined` when it was clean. Without a session
- * baseline (behind a pooler) a different `search_path` is not a leftover.
- *
- * @internal
- */
-export const leftover = (answer: Answer, pins: Pins): string | undefined => {
-  const found = String((answer.rows[0] as ReadonlyArray<unknown> | undefined)?.[0] ?? "")
-    .split(", ")
-    .filter((what) => what !== "" && (pins.baseline || what !== "a search_path"))
-  return found.length === 0 ? undefined : found.join(", ")
+/** What the prologue's answer says, when it ran. @internal */
+export interface Verdict {
+  /** What an earlier borrower left on the session, in words; `undefined` when it was clean. */
+  readonly leftover: string | undefined
+  /** Why the answer is not the one expected, if it is not: the work must not count. */
+  readonly problem: string | undefined
 }
 
 /**
- * What the server could not confirm, when a prologue failed because the
- * values in force were not the pinned ones; `undefined` for any other
- * failure.
+ * Reads the prologue's answer: the tenant's value as `set_config` set it
+ * on a clean session; behind a pooler, flags of what it found and pinned.
+ * A different `search_path` is not a leftover there: the pool never set one.
+ *
+ * @internal
+ */
+export const verdict = (answer: Answer, pins: Pins, tenant: string): Verdict => {
+  const value = (answer.rows[0] as ReadonlyArray<unknown> | undefined)?.[0]
+  if (value === tenant) return { leftover: undefined, problem: undefined }
+  if (typeof value !== "string" || pins.baseline || !value.startsWith(leftoverMark)) {
+    return { leftover: undefined, problem: "the prologue did not answer with the transaction's tenant" }
+  }
+  const found = described(value.slice(leftoverMark.length), sessionChecks, new Set(["a search_path"]))
+  return { leftover: found === "" ? undefined : found, problem: undefined }
+}
+
+/**
+ * Why a prologue failed, in words, when it failed on the session (what an
+ * earlier borrower left, or pinned values not in force); `undefined` for any
+ * other failure.
  *
  * @internal
  */
@@ -120,7 +171,9 @@ export const isUnconfirmed = (error: SqlError): string | undefined => {
   const message = (error.reason.cause as { readonly message?: unknown } | undefined)?.message
   if (typeof message !== "string") return undefined
   const at = message.indexOf(unconfirmedMark)
-  return at < 0 ? undefined : message.slice(at + unconfirmedMark.length).replace(/"$/, "").trim()
+  if (at < 0) return undefined
+  const rest = message.slice(at + unconfirmedMark.length).replace(/"$/, "").trim()
+  return /^[01]+$/.test(rest) ? described(rest, sessionChecks) : "the pinned settings not in force"
 }
 
 /** Makes `$1` the session's own `search_path`. @internal */

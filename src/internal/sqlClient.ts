@@ -48,10 +48,7 @@ type WireEntry = Entry<Wire.Wire>
 const transactionControl: ReadonlySet<string> = new Set(["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"])
 
 /** What a shared cycle's prologue reported: values it could not confirm, or an earlier borrower's leftovers. */
-interface ShareVerdict {
-  readonly problem?: string | undefined
-  readonly leftover?: string | undefined
-}
+type ShareVerdict = Partial<Prologue.Verdict>
 
 /** Lone surrogates: a string that is not well-formed UTF-16 cannot be one tenant's id. */
 const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
@@ -143,11 +140,13 @@ export const make = (
       lastLeftover = now
       leftoversSince = 0
       return warn(
-        `The transaction prologue found ${what} left on the session by an earlier borrower${more}; it was overridden ` +
-          "for the transaction. " +
-          (direct
-            ? "The connection is reset or closed before it is lent again."
-            : "Behind a pooler its other clients leave such state: see docs/scaling.md (server_reset_query_always).")
+        direct
+          ? `The transaction prologue found ${what} left on a session by an earlier borrower${more}: the session was ` +
+            "refused, its connection retired, and the work ran on another connection. A function or trigger that " +
+            "sets session state is the likely cause (docs/security.md)."
+          : `The transaction prologue found ${what} on a server connection of the pooler${more}: it was overridden ` +
+            "for the transaction. The pooler's other clients leave such state: see docs/scaling.md " +
+            "(server_reset_query_always)."
       )
     })
 
@@ -162,7 +161,8 @@ export const make = (
     observe,
     describe,
     warn,
-    leftover
+    leftover,
+    acquire: (scope) => acquire(scope, false)
   }
 
   const invalidTenant = (preview: string, reason: string) => fail(new PoolError.InvalidTenantError({ preview, reason }))
@@ -245,19 +245,16 @@ export const make = (
    * connection once its other borrowers are answered, as do settings the
    * server reported changed.
    */
-  const inspectShare = (entry: WireEntry, reply: Wire.Reply): ShareVerdict => {
+  const inspectShare = (entry: WireEntry, reply: Wire.Reply, tenant: string): ShareVerdict => {
     if (entry.connection.takeReports().length > 0) entry.broken = true
     const prologue = reply.answers[0]
     if (prologue === undefined) return {}
-    if (prologue instanceof SqlError) {
-      const problem = Prologue.isUnconfirmed(prologue)
-      if (problem !== undefined) entry.broken = true
-      return { problem }
-    }
-    const left = Prologue.leftover(prologue, pins())
+    const verdict = prologue instanceof SqlError
+      ? { leftover: undefined, problem: Prologue.isUnconfirmed(prologue) }
+      : Prologue.verdict(prologue, pins(), tenant)
     // Behind a pooler, closing the pool's connection would not clean the server's.
-    if (left !== undefined && direct) entry.broken = true
-    return { leftover: left }
+    if (verdict.problem !== undefined || (verdict.leftover !== undefined && direct)) entry.broken = true
+    return verdict
   }
 
   /**
@@ -271,8 +268,8 @@ export const make = (
       const tenant = flowOf(scope)
       let verdict: ShareVerdict = {}
       const runOn = (entry: WireEntry) => {
-        const cycle = Effect.map(Wire.run(entry.connection, [Prologue.query(pins(), tenant), query]), (reply) => {
-          verdict = inspectShare(entry, reply)
+        const cycle = Effect.map(Wire.run(entry.connection, [Prologue.query(pins(), tenant, true), query]), (reply) => {
+          verdict = inspectShare(entry, reply, tenant)
           return reply
         })
         const timed = options.queryTimeout === Infinity
@@ -389,8 +386,8 @@ export const make = (
     transactionAcquirer: lease,
     compiler: PgClient.makeCompiler(options.transformQueryNames, options.transformJson),
     driver: "pg",
-    // Transaction control never changes, so the server may keep it prepared.
-    prepareTransactionControls: options.prepare,
+    // Unnamed, as the pool's own: a stale name must never keep a transaction from ending.
+    prepareTransactionControls: false,
     commit: (connection) => (connection as Lease).commit,
     releaseSavepoint: (name) => `RELEASE SAVEPOINT ${name}`,
     spanAttributes: [

@@ -212,10 +212,11 @@ export class MemoryConnection {
     if (/^\s*(rollback|abort)\b/i.test(sql)) return Effect.succeed(this.endTransaction("ROLLBACK"))
     if (this.aborted) return Effect.fail(inFailedTransaction())
     if (/^\s*(savepoint|release)\b/i.test(sql)) return Effect.succeed(answer(commandOf(sql)))
-    if (sql === Prologue.prologueSql) {
+    if (Object.values(Prologue.prologues).some((form) => sql === form.lease || sql === form.shared)) {
       const tenant = params[1] as string
       this.tenant = tenant === "" ? undefined : tenant
-      return Effect.succeed(answer("SELECT", [["", "", ""]]))
+      // A clean session: the prologue answers with the tenant's value as set_config set it.
+      return Effect.succeed(answer("SELECT", [[tenant]]))
     }
     if (sql === Prologue.searchPathQuery.sql) return Effect.succeed(answer("SELECT", [[defaultSearchPath]]))
     const resetStep = Prologue.resetSql.indexOf(sql)
