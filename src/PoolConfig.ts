@@ -176,8 +176,8 @@ export interface Options {
    * text or command tags, the server's reported setting changes, or the
    * transaction prologue finding leftovers say so), `always` after every
    * lease (one more cycle each, and no connection sharing). The settings
-   * isolation depends on (tenant, role, search_path, row security) are
-   * pinned in every transaction either way. Default `suspect`.
+   * isolation depends on (tenant, role, search_path) are checked by the
+   * server in every transaction either way. Default `suspect`.
    */
   readonly sessionCheck?: SessionCheck | undefined
   /**

@@ -263,8 +263,9 @@ export class ConnectionReleasedError extends Schema.TaggedError<ConnectionReleas
 
 /**
  * The server did not confirm what tenant isolation depends on for a
- * transaction (the tenant setting, role, search_path or row security the
- * pool pinned), or a transaction ended otherwise than it should. The work
+ * transaction (the tenant setting, role or search_path the pool pinned,
+ * or a session free of temporary objects and holdable cursors), or a
+ * transaction ended otherwise than it should. The work
  * does not count, and the connection was closed.
  *
  * @since 0.2.0

@@ -46,7 +46,9 @@ import { behindPooler, loginOf, serverUrl, sqlStateOfExit, upstreamOf, withPool 
 
 const pooled = behindPooler() === "transaction"
 const runsPerTenant = 3
-const pinnedPath = "\"$user\", public, pg_temp"
+/** The server's `search_path`, and as the pool pins it: `pg_temp` last. */
+const serverPath = "\"$user\", public"
+const pinnedPath = `${serverPath}, pg_temp`
 
 /** What an attack is given: the pool's client, tenants A and B, and a superuser connection from the side. */
 interface Arena {
@@ -207,6 +209,11 @@ const attacks: ReadonlyArray<Attack> = [
     run: ({ a, sql }) => as(a)(sql`SELECT evil_set('app.user_email', ${`owner@${a}`})`)
   },
   { name: "a function that takes a session advisory lock", visible: false, run: ({ sql }) => unscoped(sql`SELECT evil_lock()`) },
+  {
+    name: "a function that puts a schema before pg_catalog whose functions and operators fake the prologue's checks, as a BYPASSRLS role with a tenant",
+    visible: false,
+    run: ({ a, sql }) => as(a)(sql`SELECT evil_shadow(${a})`)
+  },
   // Fibers that outlive what they borrowed.
   {
     name: "a fiber forked in a tenant's transaction that writes after it ended",
@@ -246,6 +253,7 @@ const probeSql = `SELECT coalesce(current_setting('app.project_id', true), '') A
   current_setting('search_path') AS search_path,
   current_setting('row_security') AS row_security,
   (SELECT count(*)::int FROM pg_cursors WHERE is_holdable) AS cursors,
+  pg_my_temp_schema() <> 0 AS temp_schema,
   (SELECT count(*)::int FROM pg_class WHERE relnamespace = pg_my_temp_schema()) AS temp_relations,
   (SELECT count(*)::int FROM pg_prepared_statements WHERE from_sql) AS prepared,
   (SELECT count(*)::int FROM pg_listening_channels()) AS listens,
@@ -259,6 +267,7 @@ const cleanProbe = {
   search_path: pinnedPath,
   row_security: "on",
   cursors: 0,
+  temp_schema: false,
   temp_relations: 0,
   prepared: 0,
   listens: 0,
@@ -282,7 +291,12 @@ const victims = ({ b, sql, side }: Arena, strict: boolean) =>
       })
     // Without a tenant: no tenant's rows, nothing of the attacker's session.
     const probe = yield* refusedOr(unscoped(sql.unsafe(probeSql)))
-    if (probe !== undefined) assert.deepStrictEqual(probe[0], strict ? cleanProbe : { ...probe[0], tenant: "", role: "mh_worker", search_path: pinnedPath, row_security: "on", runs: 0 })
+    if (probe !== undefined) {
+      const seen = probe[0] as typeof cleanProbe
+      // Without a temporary schema, pg_temp searched first finds nothing: the server's own path is as good as the pinned one.
+      const searchPath = seen.temp_schema ? pinnedPath : seen.search_path === serverPath ? serverPath : pinnedPath
+      assert.deepStrictEqual(seen, strict ? cleanProbe : { ...seen, tenant: "", role: "mh_worker", search_path: searchPath, row_security: "on", runs: 0 })
+    }
     const untenanted = yield* refusedOr(sql<{ n: number }>`SELECT count(*)::int AS n FROM workflow_events`)
     if (untenanted !== undefined) assert.strictEqual(untenanted[0].n, 0)
     // Tenant B: its own rows only, alone and in a transaction, and its writes touch only its rows.
@@ -317,7 +331,7 @@ layer(MeshHookDb.layer({ tenants: 3, runsPerTenant }), { excludeTestServices: tr
       yield* owner.query("GRANT SELECT, UPDATE ON workflow_runs, workflow_events TO mh_admin")
       const setUp = [
         "CREATE SCHEMA IF NOT EXISTS evil",
-        "GRANT USAGE ON SCHEMA evil TO mh_worker",
+        "GRANT USAGE ON SCHEMA evil TO mh_worker, mh_admin",
         `CREATE OR REPLACE FUNCTION evil_set(name text, value text) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
           AS $f$ BEGIN RETURN set_config(name, value, false); END $f$`,
         `CREATE OR REPLACE FUNCTION evil_role() RETURNS text LANGUAGE plpgsql
@@ -330,7 +344,22 @@ layer(MeshHookDb.layer({ tenants: 3, runsPerTenant }), { excludeTestServices: tr
           AS $f$ BEGIN EXECUTE 'DECLARE leak CURSOR WITH HOLD FOR SELECT project_id FROM workflow_runs'; RETURN 'ok'; END $f$`,
         `CREATE OR REPLACE FUNCTION evil_lock() RETURNS text LANGUAGE plpgsql
           AS $f$ BEGIN PERFORM pg_advisory_lock(77); RETURN 'ok'; END $f$`,
-        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO mh_worker"
+        // Look-alikes of what a prologue calls: unqualified, they win once `evil` comes before pg_catalog in the path.
+        `CREATE OR REPLACE FUNCTION evil.current_setting(text) RETURNS text LANGUAGE sql SET search_path = pg_catalog
+          AS $f$ SELECT CASE WHEN $1 = 'search_path' THEN '"$user", public, pg_temp' ELSE current_setting($1) END $f$`,
+        `CREATE OR REPLACE FUNCTION evil.current_setting(text, boolean) RETURNS text LANGUAGE sql SET search_path = pg_catalog
+          AS $f$ SELECT CASE WHEN $1 = 'app.project_id' THEN '' ELSE current_setting($1, $2) END $f$`,
+        `CREATE OR REPLACE FUNCTION evil.set_config(text, text, boolean) RETURNS text LANGUAGE sql AS $f$ SELECT $2 $f$`,
+        `CREATE OR REPLACE FUNCTION evil.pg_my_temp_schema() RETURNS oid LANGUAGE sql AS $f$ SELECT 0::oid $f$`,
+        `CREATE OR REPLACE FUNCTION evil.always(name, name) RETURNS boolean LANGUAGE sql AS $f$ SELECT true $f$`,
+        `DO $$ BEGIN CREATE OPERATOR evil.= (LEFTARG = name, RIGHTARG = name, FUNCTION = evil.always);
+          EXCEPTION WHEN duplicate_function OR duplicate_object THEN NULL; END $$`,
+        `CREATE OR REPLACE FUNCTION evil_shadow(tenant text) RETURNS text LANGUAGE plpgsql AS $f$ BEGIN
+          PERFORM set_config('app.project_id', tenant, false);
+          EXECUTE 'SET ROLE mh_admin';
+          EXECUTE 'SET search_path = evil, pg_catalog, public';
+          RETURN 'ok'; END $f$`,
+        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public, evil TO mh_worker"
       ]
       for (const statement of setUp) yield* owner.query(statement)
     }))

@@ -244,7 +244,10 @@ layer(MeshHookDb.layer({ tenants, runsPerTenant: 2 }), { excludeTestServices: tr
                     SELECT concat_ws(', ',
                       CASE WHEN coalesce(current_setting('app.project_id', true), '') <> '' THEN 'tenant' END,
                       CASE WHEN current_user::text <> 'mh_worker' THEN 'role' END,
-                      CASE WHEN current_setting('search_path') <> '"$user", public, pg_temp' THEN 'search_path' END,
+                      CASE WHEN current_setting('search_path') <> '"$user", public, pg_temp'
+                        -- The server's own path is as good on a session with no temporary schema (pg_temp empty).
+                        AND NOT (current_setting('search_path') = '"$user", public' AND pg_my_temp_schema() = 0)
+                        THEN 'search_path' END,
                       CASE WHEN current_setting('statement_timeout') <> '0' THEN 'statement_timeout' END,
                       CASE WHEN EXISTS (SELECT FROM pg_listening_channels()) THEN 'listen' END,
                       CASE WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) THEN 'lock' END,

@@ -14,6 +14,7 @@
  */
 import { assert, describe, it, layer } from "@effect/vitest"
 import * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -485,6 +486,47 @@ describe.skipIf(skipReason !== undefined)(`PgBouncer 1.18 in transaction mode${s
         const [row] = (yield* other.query(`SELECT coalesce(current_setting('app.project_id', true), '') AS setting,
           (SELECT count(*)::int FROM workflow_runs) AS runs`)).rows
         assert.deepStrictEqual(row, { setting: "", runs: 0 })
+      }))
+
+    it.effect("(h) beside a foreign client's temporary table the pool's work never runs; the empty temporary schema PgBouncer's DISCARD ALL leaves is no obstacle", () =>
+      Effect.gen(function*() {
+        const { upstream, worker, projects } = yield* BouncerSetup
+        const afterTemporaryTable = (settings: Record<string, number>) =>
+          Effect.gen(function*() {
+            // One server connection: the pool's first statement lands where the table is.
+            const bouncer = yield* PgBouncer.make({ upstream, defaultPoolSize: 1, settings })
+            const foreign = yield* PgConnection.make({ url: bouncer.url(worker), prepare: false })
+            yield* foreign.query("CREATE TEMP TABLE leak AS SELECT 1 AS x")
+            const warnings: Array<string> = []
+            const capture = Logger.layer([Logger.make((options) => void warnings.push(String(options.message)))])
+            const outcomes = yield* withPool(
+              { url: bouncer.url(worker), max: 1, behindPooler: "transaction", tenantSetting: "app.project_id" },
+              ({ sql }) => {
+                const count = sql<{ n: number; temporary: number }>`SELECT count(*)::int AS n,
+                  (SELECT count(*)::int FROM pg_class WHERE relnamespace = pg_my_temp_schema()) AS temporary FROM workflow_runs`
+                const asTenant = Tenant.with(projects[0])
+                return Effect.all([Effect.exit(asTenant(count)), Effect.exit(asTenant(sql.withTransaction(count)))])
+              }
+            ).pipe(Effect.provide(capture))
+            return { outcomes, refused: warnings.some((w) => w.includes("found the pinned settings not in force")) }
+          })
+        const kept = yield* afterTemporaryTable({})
+        // Refused where the table is (the pool may then get another server connection, as PgBouncer replaces it).
+        assert.isTrue(kept.refused, "the prologue refused the server connection with the temporary table")
+        for (const exit of kept.outcomes) {
+          if (Exit.isSuccess(exit)) {
+            assert.deepStrictEqual(exit.value, [{ n: 2, temporary: 0 }])
+          } else {
+            const error = PoolError.fromSqlError(Cause.squash(exit.cause) as SqlError)
+            assert.strictEqual(error?._tag, "IsolationError", Cause.pretty(exit.cause))
+          }
+        }
+        const discarded = yield* afterTemporaryTable({ server_reset_query_always: 1 })
+        assert.isFalse(discarded.refused)
+        for (const exit of discarded.outcomes) {
+          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          assert.deepStrictEqual((exit as Exit.Success<unknown>).value, [{ n: 2, temporary: 0 }])
+        }
       }))
 
     describe("(e) PgBouncer's refusals: SQLSTATE and message", () => {

@@ -65,8 +65,12 @@ export interface Context {
   readonly describe: (scope: Tenant.Scope) => string
   /** Logs a warning about a connection's session. */
   readonly warn: (message: string) => Effect.Effect<void>
-  /** Warns (at most once a minute) that a prologue found `what` left on a session by an earlier borrower. */
-  readonly leftover: (what: string) => Effect.Effect<void>
+  /**
+   * Warns (at most once a minute) that a prologue found `what` left on a
+   * session by an earlier borrower, and whether the work was `refused` there
+   * (always, directly on PostgreSQL) or the values overridden.
+   */
+  readonly leftover: (what: string, refused?: boolean) => Effect.Effect<void>
   /** Takes another connection for the caller (in its turn, with its priority). */
   readonly acquire: (scope: Tenant.Scope) => Effect.Effect<Entry<Wire.Wire>, SqlError>
 }
@@ -397,7 +401,7 @@ export class Lease implements Connection {
     if (problem !== undefined) {
       // Nothing of the caller's ran or is open on this session: on another connection.
       if (this.sent === 1 && this.inFlight === 0 && reply.statusBefore === "I" && !retried) {
-        return Effect.andThen(this.context.leftover(problem), this.onAnotherConnection(query, reading, begin))
+        return Effect.andThen(this.context.leftover(problem, true), this.onAnotherConnection(query, reading, begin))
       }
       this.condemned ??= problem
       return fail(new PoolError.IsolationError({ reason: problem }))

@@ -1,21 +1,18 @@
 /**
- * What tenant isolation depends on, pinned by the server in every
+ * What tenant isolation depends on, checked by the server in every
  * transaction the pool starts, and restored on the session when a borrower
  * may have changed it.
  *
  * **The prologue.** The first statement of every transaction the pool starts
  * (a lone statement's implicit one, or after `BEGIN`), in the same cycle as
- * the work it protects. It sets, transaction-locally, the tenant setting (the
- * tenant's id, or empty without a tenant), the role (back to the session's
- * own, `NONE`), the `search_path` (the configured schemas with `pg_temp`
- * last, so a temporary table cannot shadow a real one) and `row_security`
- * (`on`), each only when the session does not already hold that value: a
- * clean session pays for a few reads and one write. It reports what it found
- * different (what an earlier borrower left behind). Then the server checks
- * the values in force, and that no temporary relation or holdable cursor
- * (which could hold an earlier borrower's rows) is on the session; if
- * anything is off, the prologue fails, and with it the rest of its cycle:
- * the work it guards never runs.
+ * the work it protects. On a clean session (no tenant setting, the
+ * session's own role, the pinned `search_path` with `pg_temp` last, no
+ * temporary schema, and for a lease no holdable cursor) it sets only the
+ * tenant, transaction-locally, and answers with the value set. On any other
+ * session, directly on PostgreSQL it fails, and with it the rest of its
+ * cycle, so the work it guards never runs; behind a pooler it pins tenant,
+ * role and `search_path` transaction-locally, then fails unless they are in
+ * force.
  *
  * **The reset.** After a lease that may have left session state (as its
  * statements, the server's reports or the prologue say), one cycle puts the
@@ -39,62 +36,125 @@ const unconfirmedMark = "meshhook: isolation not in force:"
 const leftoverMark = "leftover:"
 
 /**
- * What the prologue checks of a session, each as a condition that holds on
- * a clean one and the words for what an earlier borrower left when it does
- * not. `$1` is the tenant setting, `$3` the pinned `search_path`.
+ * Equality as PostgreSQL's own. Everything the pool's statements call is
+ * qualified with `pg_catalog`: a session whose `search_path` lists another
+ * schema before `pg_catalog` would otherwise resolve them to look-alike
+ * functions and operators there, which could fake every check.
  */
-const sessionChecks: ReadonlyArray<readonly [string, string]> = [
-  ["coalesce(current_setting($1, true), '') = ''", "a tenant setting"],
-  ["current_user = session_user", "a role"],
-  ["current_setting('search_path') = $3", "a search_path"],
-  ["pg_my_temp_schema() = 0", "a temporary schema"],
+const eq = "OPERATOR(pg_catalog.=)"
+
+/** The value of setting `name` (an SQL expression), `''` when unset. */
+const setting = (name: string) => `COALESCE(pg_catalog.current_setting(${name}, true), '')`
+
+/**
+ * One thing the prologue checks of a session: a condition that holds on a
+ * clean one, the words for what an earlier borrower left when it does not,
+ * and, where it differs, what behind a pooler must hold for the pinned
+ * transaction to go on (`pinned`). `$1` is the tenant setting, `$3` the
+ * pinned `search_path`, `$4` the same without `pg_temp`.
+ */
+interface Check {
+  readonly clean: string
+  readonly words: string
+  readonly pinned?: string
+}
+
+const noTemporarySchema = `pg_catalog.pg_my_temp_schema() ${eq} 0`
+
+const sessionChecks: ReadonlyArray<Check> = [
+  { clean: `${setting("$1")} ${eq} ''`, words: "a tenant setting" },
+  { clean: `current_user ${eq} session_user`, words: "a role" },
+  // Without `pg_temp` listed it is searched first; harmless on a session without a temporary schema (checked next).
+  { clean: `${setting("'search_path'")} ${eq} ANY (ARRAY[$3, $4])`, words: "a search_path" },
+  {
+    clean: noTemporarySchema,
+    words: "temporary objects",
+    // A temporary schema stays with a backend once made, even after PgBouncer's `DISCARD ALL`: behind a pooler what
+    // matters is a relation in it. Directly the pool retires such a session. The scan is planned and run only when
+    // there is a schema (a subquery would be planned for every transaction: behind a pooler statements are unnamed).
+    pinned: `(${noTemporarySchema} OR pg_catalog.query_to_xml('SELECT FROM pg_catalog.pg_class WHERE relnamespace ` +
+      `${eq} pg_catalog.pg_my_temp_schema() LIMIT 1', false, true, '') IS DOCUMENT IS NOT TRUE)`
+  },
   // A scan of the session's portals: the dearest check, left out where only `FETCH` or a function could use it.
-  ["NOT EXISTS (SELECT FROM pg_cursors WHERE is_holdable)", "a holdable cursor"]
+  { clean: "NOT EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)", words: "a holdable cursor" }
 ]
 
 /** The checks a prologue makes: without the cursor scan for a statement on a shared connection. */
 const checksFor = (cursors: boolean) => cursors ? sessionChecks : sessionChecks.slice(0, -1)
 
-/** One flag per check, `1` where the session fails it: what the prologue reports. */
-const flags = (checks: ReadonlyArray<readonly [string, string]>): string =>
-  checks.map(([condition]) => `(NOT ${condition})::int`).join(" || ")
+/** The column of the session's observation that holds a check's clean condition, or its pinned one. */
+const column = (i: number, pinned = false) => `${pinned ? "p" : "c"}${i}`
+
+/**
+ * The session as the prologue finds it, read once, before anything is set
+ * (`OFFSET 0` keeps the planner from copying its subqueries into every
+ * place the outer statement reads them).
+ */
+const observation = (checks: ReadonlyArray<Check>, pinned: boolean) =>
+  `(SELECT ${
+    checks.flatMap((check, i) => [
+      `${check.clean} AS ${column(i)}`,
+      ...(pinned && check.pinned !== undefined ? [`${check.pinned} AS ${column(i, true)}`] : [])
+    ]).join(", ")
+  } OFFSET 0) AS session`
+
+/**
+ * One flag per check, `t` where the session fails it: what the prologue
+ * reports. (`concat` of booleans: no operator or cast to resolve, which
+ * costs planning time when the prologue is not prepared.)
+ */
+const flags = (checks: ReadonlyArray<Check>, pinned: boolean): string =>
+  checks.map((check, i) => `NOT ${column(i, pinned && check.pinned !== undefined)}`).join(", ")
 
 /** What failed flags say, in words. */
-const described = (bits: string, checks: ReadonlyArray<readonly [string, string]>, skip: ReadonlySet<string> = new Set()) =>
-  checks.filter(([, words], i) => bits[i] === "1" && !skip.has(words)).map(([, words]) => words).join(", ")
+const described = (found: string, skip: ReadonlySet<string> = new Set()) =>
+  sessionChecks.filter(({ words }, i) => found[i] === "t" && !skip.has(words)).map(({ words }) => words).join(", ")
+
+/** Sets `name` to `value` for the transaction; as an argument of `concat`, adds nothing to its answer. */
+const pin = (name: string, value: string) => `pg_catalog.left(pg_catalog.set_config(${name}, ${value}, true), 0)`
+
+/** Fails the statement (and its cycle) with `why` in the error message. */
+const refuse = (why: string) =>
+  `pg_catalog.set_config('default_transaction_isolation', pg_catalog.concat('${unconfirmedMark} ', ${why}), true)`
 
 /**
  * The prologue. `$1` the tenant setting, `$2` its value for this transaction
- * (`""` without a tenant), `$3` the pinned `search_path`. Both forms answer
- * a clean session by setting the tenant, transaction-locally, and returning
- * the value `set_config` set; they differ on a session that is not clean.
+ * (`""` without a tenant), `$3` the pinned `search_path`, `$4` the same
+ * without `pg_temp`. Both forms answer a clean session by setting the
+ * tenant, transaction-locally, and returning the value `set_config` set;
+ * they differ on a session that is not clean.
  *
  * - `refusing` (directly on PostgreSQL, where the pool set every session
  *   up): the prologue fails, and with it the rest of its cycle, so the work
  *   it guards never runs; its error says what it found. The pool retires
  *   the connection and runs the work on another.
  * - `pinning` (behind a pooler, whose server connections other clients
- *   leave as they like, and whose `search_path` the pool never set): it
- *   sets the tenant, the role (`NONE`: the session's own) and the
- *   `search_path`, transaction-locally, answers with flags of what it found
- *   (read before anything is set: operands are evaluated left to right),
- *   then checks the values in force and fails if any is not the pinned one,
- *   or a temporary schema or holdable cursor is on the session.
+ *   leave as they like): it sets the tenant, the role (`NONE`: the
+ *   session's own) and the `search_path`, transaction-locally, answers with
+ *   flags of what it found, then checks the values in force and fails if
+ *   any is not the pinned one, or a temporary relation or holdable cursor is
+ *   on the session. (`concat` evaluates its arguments in order: the flags
+ *   are read before anything is set.)
  */
 const prologueOf = (form: "refusing" | "pinning", cursors: boolean): string => {
   const checks = checksFor(cursors)
-  const clean = checks.map(([condition]) => condition).join(" AND ")
-  const fast = "CASE WHEN $2 = '' THEN '' ELSE set_config($1, $2, true) END"
+  const clean = checks.map((_, i) => column(i)).join(" AND ")
+  const fast = `CASE WHEN $2 ${eq} '' THEN '' ELSE pg_catalog.set_config($1, $2, true) END`
+  const session = observation(checks, form === "pinning")
   if (form === "refusing") {
-    return `SELECT CASE WHEN ${clean} THEN ${fast}
-  ELSE set_config('default_transaction_isolation', '${unconfirmedMark} ' || ${flags(checks)}, true) END`
+    return `SELECT CASE WHEN ${clean} THEN ${fast} ELSE ${refuse(flags(checks, false))} END FROM ${session}`
   }
-  const inForce = ["coalesce(current_setting($1, true), '') = $2", ...checks.slice(1).map(([condition]) => condition)].join(" AND ")
+  const inForce = [
+    `${setting("$1")} ${eq} $2`,
+    `current_user ${eq} session_user`,
+    `${setting("'search_path'")} ${eq} $3`,
+    ...checks.slice(3).map((check, i) => column(i + 3, check.pinned !== undefined))
+  ].join(" AND ")
   return `SELECT CASE WHEN ${clean} THEN ${fast}
-  ELSE '${leftoverMark}' || ${flags(checks)}
-    || substr(set_config($1, $2, true) || set_config('role', 'none', true) || set_config('search_path', $3, true), 1, 0)
-    || CASE WHEN ${inForce} THEN '' ELSE set_config('default_transaction_isolation', '${unconfirmedMark} pinned', true) END
-END`
+  ELSE pg_catalog.concat('${leftoverMark}', ${flags(checks, true)},
+    ${pin("$1", "$2")}, ${pin("'role'", "'none'")}, ${pin("'search_path'", "$3")},
+    CASE WHEN ${inForce} THEN '' ELSE ${refuse("'pinned'")} END)
+END FROM ${session}`
 }
 
 /**
@@ -129,7 +189,7 @@ export const query = (pins: Pins, tenant: string, shared = false): Query => {
   const form = pins.baseline ? prologues.refusing : prologues.pinning
   return {
     sql: shared ? form.shared : form.lease,
-    params: [pins.tenantSetting, tenant, pins.searchPath],
+    params: [pins.tenantSetting, tenant, pins.searchPath, withoutTemp(pins.searchPath)],
     prepare: true,
     shape: "values"
   }
@@ -156,7 +216,7 @@ export const verdict = (answer: Answer, pins: Pins, tenant: string): Verdict => 
   if (typeof value !== "string" || pins.baseline || !value.startsWith(leftoverMark)) {
     return { leftover: undefined, problem: "the prologue did not answer with the transaction's tenant" }
   }
-  const found = described(value.slice(leftoverMark.length), sessionChecks, new Set(["a search_path"]))
+  const found = described(value.slice(leftoverMark.length), new Set(["a search_path"]))
   return { leftover: found === "" ? undefined : found, problem: undefined }
 }
 
@@ -173,11 +233,11 @@ export const isUnconfirmed = (error: SqlError): string | undefined => {
   const at = message.indexOf(unconfirmedMark)
   if (at < 0) return undefined
   const rest = message.slice(at + unconfirmedMark.length).replace(/"$/, "").trim()
-  return /^[01]+$/.test(rest) ? described(rest, sessionChecks) : "the pinned settings not in force"
+  return /^[tf]+$/.test(rest) ? described(rest) : "the pinned settings not in force"
 }
 
 /** Makes `$1` the session's own `search_path`. @internal */
-export const baselineSql = "SELECT set_config('search_path', $1, false)"
+export const baselineSql = "SELECT pg_catalog.set_config('search_path', $1, false)"
 
 /**
  * The statements that restore a session as the pool opened it; the last
@@ -193,8 +253,9 @@ export const resetSql: ReadonlyArray<string> = [
   "UNLISTEN *",
   "DISCARD TEMP",
   "DISCARD SEQUENCES",
-  `SELECT pg_advisory_unlock_all()::text, (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::text AS prepared,
-    pg_my_temp_schema()::int::text AS temp_schema`
+  `SELECT pg_catalog.concat(pg_catalog.pg_advisory_unlock_all()),
+    pg_catalog.concat((SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)) AS prepared,
+    pg_catalog.concat(${noTemporarySchema}) AS no_temp_schema`
 ]
 
 /** The reset, as one cycle. @internal */
@@ -212,17 +273,17 @@ export const resetProblem = (reply: Reply): string | undefined => {
   const failed = reply.answers.find((answer) => answer === undefined || !("command" in answer))
   if (failed !== undefined) return "the reset failed"
   const last = reply.answers[reply.answers.length - 1] as Answer
-  const [, prepared, tempSchema] = (last.rows[0] as ReadonlyArray<unknown> | undefined) ?? []
+  const [, prepared, noTempSchema] = (last.rows[0] as ReadonlyArray<unknown> | undefined) ?? []
   return prepared !== "0"
     ? "the session holds SQL-prepared statements"
-    : tempSchema !== "0"
+    : noTempSchema !== "t"
     ? "the session has a temporary schema"
     : undefined
 }
 
 /** Reads the session's `search_path`, to pin it. @internal */
 export const searchPathQuery: Query = {
-  sql: "SELECT current_setting('search_path')",
+  sql: "SELECT pg_catalog.current_setting('search_path')",
   params: [],
   prepare: false,
   shape: "values"
@@ -269,6 +330,9 @@ const splitList = (list: string): Array<string> => {
   parts.push(part)
   return parts.map((p) => p.trim()).filter((p) => p !== "")
 }
+
+/** A pinned `search_path` without its trailing `pg_temp`: as a session holds its schemas before the pool pins them. */
+const withoutTemp = (searchPath: string): string => searchPath.replace(/(^|, )pg_temp$/, "")
 
 /** A `search_path` of the given schema names, quoted, with `pg_temp` last. @internal */
 export const searchPathOf = (schemas: ReadonlyArray<string>): string =>

@@ -129,7 +129,7 @@ export const make = (
    * pooler they come from its other clients with every transaction: at most
    * one warning a minute, counting the rest.
    */
-  const leftover = (what: string): Effect.Effect<void> =>
+  const leftover = (what: string, refused = direct): Effect.Effect<void> =>
     Effect.suspend(() => {
       const now = Date.now()
       if (now - lastLeftover < 60_000) {
@@ -141,12 +141,12 @@ export const make = (
       leftoversSince = 0
       return warn(
         direct
-          ? `The transaction prologue found ${what} left on a session by an earlier borrower${more}: the session was ` +
-            "refused, its connection retired, and the work ran on another connection. A function or trigger that " +
-            "sets session state is the likely cause (docs/security.md)."
-          : `The transaction prologue found ${what} on a server connection of the pooler${more}: it was overridden ` +
-            "for the transaction. The pooler's other clients leave such state: see docs/scaling.md " +
-            "(server_reset_query_always)."
+          ? `The transaction prologue found ${what} left on a session by an earlier borrower${more}: the work did ` +
+            "not run on it and its connection was retired. A function or trigger that sets session state is the " +
+            "likely cause (docs/security.md)."
+          : `The transaction prologue found ${what} on a server connection of the pooler${more}: ` +
+            (refused ? "the work did not run there. " : "it was overridden for the transaction. ") +
+            "The pooler's other clients leave such state: see docs/scaling.md (server_reset_query_always)."
       )
     })
 
@@ -303,7 +303,9 @@ export const make = (
     const [prologue, answer] = reply.answers
     // The prologue failed before the statement ran, and its connection is retired: once more, on another.
     if (verdict.problem !== undefined) {
-      return retried ? fail(new PoolError.IsolationError({ reason: verdict.problem })) : again()
+      return retried
+        ? fail(new PoolError.IsolationError({ reason: verdict.problem }))
+        : Effect.andThen(leftover(verdict.problem, true), again())
     }
     if (prologue instanceof SqlError && !reply.stale) return Effect.fail(prologue)
     const warning = verdict.leftover === undefined ? Effect.void : leftover(verdict.leftover)
