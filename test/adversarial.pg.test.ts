@@ -64,8 +64,39 @@ interface Attack {
   readonly visible: boolean
   /** The SQLSTATE the server answers it with, directly; by default it succeeds. */
   readonly failsWith?: string
+  /** A path the default sessionCheck leaves open directly on PostgreSQL (docs/security.md): tried with `always` only. */
+  readonly onlyAlways?: boolean
   readonly run: (arena: Arena) => Effect.Effect<unknown, unknown, Scope.Scope>
 }
+
+/**
+ * A `DO` block that replaces the pool's named statements on its session
+ * with look-alikes (`DEALLOCATE`, then `PREPARE` under the same name): the
+ * prologue answers the tenant it is given and sets nothing, the reset does
+ * nothing and reports a clean session. Then it leaves tenant `tenant` and a
+ * BYPASSRLS role on the session.
+ */
+const replacePrepared = (tenant: string) => `DO $attack$ DECLARE s record; BEGIN
+  FOR s IN SELECT name, statement FROM pg_prepared_statements WHERE NOT from_sql LOOP
+    IF s.statement LIKE '%isolation not in force%' THEN
+      EXECUTE format('DEALLOCATE %I', s.name);
+      EXECUTE format('PREPARE %I(text, text, text, text) AS SELECT $2::text', s.name);
+    ELSIF s.statement LIKE '%pg_prepared_statements%' THEN
+      EXECUTE format('DEALLOCATE %I', s.name);
+      EXECUTE format('PREPARE %I AS SELECT ''''::text, ''0''::text, ''t''::text', s.name);
+    ELSIF s.statement LIKE '%''search_path'', $1, false%' THEN
+      EXECUTE format('DEALLOCATE %I', s.name);
+      EXECUTE format('PREPARE %I(text) AS SELECT $1', s.name);
+    ELSIF s.statement IN ('SET SESSION AUTHORIZATION DEFAULT', 'RESET ALL', 'CLOSE ALL', 'UNLISTEN *', 'DISCARD TEMP',
+      'DISCARD SEQUENCES') THEN
+      EXECUTE format('DEALLOCATE %I', s.name);
+      -- Answers as a utility statement does: no rows and no row description.
+      EXECUTE format('PREPARE %I AS UPDATE workflow_runs SET step = step WHERE false', s.name);
+    END IF;
+  END LOOP;
+  PERFORM set_config('app.project_id', '${tenant}', false);
+  SET ROLE mh_admin;
+END $attack$`
 
 /** Runs `statement` on a connection of its own, as a reserved connection would. */
 const reserved = (sql: SqlClient.SqlClient, ...statements: ReadonlyArray<string>) =>
@@ -214,6 +245,22 @@ const attacks: ReadonlyArray<Attack> = [
     visible: false,
     run: ({ a, sql }) => as(a)(sql`SELECT evil_shadow(${a})`)
   },
+  {
+    name: "a DO block that replaces the pool's prepared statements (prologue and reset) with look-alikes, as a BYPASSRLS role with a tenant",
+    visible: true,
+    run: ({ a, sql }) =>
+      Effect.andThen(
+        // A visible SET first, so that the reset's statements have run on this connection.
+        as(a)(reserved(sql, "SET statement_timeout = '5s'")),
+        as(a)(sql.unsafe(replacePrepared(a)))
+      )
+  },
+  {
+    name: "a function that runs the SQL it is given, replacing the pool's prepared statements",
+    visible: false,
+    onlyAlways: true,
+    run: ({ a, sql }) => as(a)(sql`SELECT evil_exec(${replacePrepared(a)})`)
+  },
   // Fibers that outlive what they borrowed.
   {
     name: "a fiber forked in a tenant's transaction that writes after it ended",
@@ -344,6 +391,8 @@ layer(MeshHookDb.layer({ tenants: 3, runsPerTenant }), { excludeTestServices: tr
           AS $f$ BEGIN EXECUTE 'DECLARE leak CURSOR WITH HOLD FOR SELECT project_id FROM workflow_runs'; RETURN 'ok'; END $f$`,
         `CREATE OR REPLACE FUNCTION evil_lock() RETURNS text LANGUAGE plpgsql
           AS $f$ BEGIN PERFORM pg_advisory_lock(77); RETURN 'ok'; END $f$`,
+        `CREATE OR REPLACE FUNCTION evil_exec(command text) RETURNS text LANGUAGE plpgsql
+          AS $f$ BEGIN EXECUTE command; RETURN 'ok'; END $f$`,
         // Look-alikes of what a prologue calls: unqualified, they win once `evil` comes before pg_catalog in the path.
         `CREATE OR REPLACE FUNCTION evil.current_setting(text) RETURNS text LANGUAGE sql SET search_path = pg_catalog
           AS $f$ SELECT CASE WHEN $1 = 'search_path' THEN '"$user", public, pg_temp' ELSE current_setting($1) END $f$`,
@@ -389,7 +438,7 @@ layer(MeshHookDb.layer({ tenants: 3, runsPerTenant }), { excludeTestServices: tr
   })
 
   for (const sessionCheck of ["suspect", "always"] as const) {
-    for (const attack of attacks) {
+    for (const attack of attacks.filter((attack) => sessionCheck === "always" || pooled || !attack.onlyAlways)) {
       // Under the default, functions without a sign may leave what carries no rows; `always` resets after every lease.
       const strict = !pooled && (attack.visible || sessionCheck === "always")
       it.effect(`${attack.name} (sessionCheck: ${sessionCheck})`, () =>

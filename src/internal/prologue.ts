@@ -258,9 +258,16 @@ export const resetSql: ReadonlyArray<string> = [
     pg_catalog.concat(${noTemporarySchema}) AS no_temp_schema`
 ]
 
-/** The reset, as one cycle. @internal */
+/**
+ * The reset, as one cycle. Its statements are unnamed: a borrower can
+ * replace a named statement of its session (`DEALLOCATE`, then `PREPARE`
+ * under the same name), and the reset must be the pool's own whatever the
+ * borrower did; its report then closes a session that holds one.
+ *
+ * @internal
+ */
 export const reset = (pins: Pins): ReadonlyArray<Query> =>
-  resetSql.map((sql) => ({ sql, params: sql.includes("$1") ? [pins.searchPath] : [], prepare: true, shape: "values" }))
+  resetSql.map((sql) => ({ sql, params: sql.includes("$1") ? [pins.searchPath] : [], prepare: false, shape: "values" }))
 
 /**
  * Whether the reset left the session as the pool opened it; if not, why
