@@ -59,8 +59,10 @@ interface Check {
   readonly pinned?: string
 }
 
+/** The session has never had a temporary schema (once made, it stays with the backend). */
 const noTemporarySchema = `pg_catalog.pg_my_temp_schema() ${eq} 0`
 
+/** What the prologue checks, in the order of its flags. */
 const sessionChecks: ReadonlyArray<Check> = [
   { clean: `${setting("$1")} ${eq} ''`, words: "a tenant setting" },
   { clean: `current_user ${eq} session_user`, words: "a role" },

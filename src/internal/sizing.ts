@@ -29,7 +29,10 @@
  *    or a pooler's "no more connections") caps the limit at what is open.
  *
  * A trial is judged on the two intervals after the one in which it settles
- * in, so one noisy interval does not decide it.
+ * in, so one noisy interval does not decide it. On a noisy host (a loaded
+ * machine, a shared database) the tolerances widen to twice the spread seen
+ * between steady intervals, up to a fifth: otherwise every trial down would
+ * fail on noise and the pool would stay at `max`.
  *
  * Every change has a reason, for the log and the metrics. The controller is
  * a pure state machine: the pool feeds it samples on a timer, tests feed it
@@ -93,6 +96,12 @@ const trialIntervals = 3
 /** The hold after failed trials grows to at most `holdIntervals` × 2^this (80 s at the defaults). */
 const maxHoldDoublings = 3
 
+/** Noise widens a tolerance to at most this share: a trial never gives up more throughput than this on noise. */
+const maxNoiseTolerance = 0.2
+
+/** The mean absolute difference of two normal draws is this many of their standard deviation (2/√π). */
+const meanDifferencePerDeviation = 1.128
+
 interface Trial {
   readonly from: number
   readonly to: number
@@ -136,11 +145,29 @@ export const make = (settings: Settings): Controller => {
   let downStreak = 0
   let upStreak = 0
   let direction: "down" | "up" = "down"
+  /** Relative standard deviation of one busy interval's throughput at a steady limit. */
+  let noise = 0
+  /** Throughput of the last busy interval, if the limit has not changed since and it was a full measure. */
+  let lastSteadyRate: number | undefined
+
+  /** A tolerance, widened so that a trial is not judged on noise. */
+  const beyondNoise = (tolerance: number) => Math.max(tolerance, Math.min(maxNoiseTolerance, 2 * noise))
+
+  /** Learns the noise from consecutive measures at one limit. */
+  const observeNoise = (rate: number): void => {
+    if (lastSteadyRate !== undefined && rate + lastSteadyRate > 0) {
+      const spread = Math.abs(rate - lastSteadyRate) / ((rate + lastSteadyRate) / 2) / meanDifferencePerDeviation
+      noise = noise === 0 ? spread : noise * 0.8 + spread * 0.2
+    }
+    lastSteadyRate = rate
+  }
 
   const change = (to: number, kind: Change["kind"], reason: string): Change | undefined => {
     const from = limit
     limit = Math.max(min, Math.min(max, to))
-    return limit === from ? undefined : { from, to: limit, kind, reason }
+    if (limit === from) return undefined
+    lastSteadyRate = undefined
+    return { from, to: limit, kind, reason }
   }
 
   /** Each failure in a row doubles the hold: a pool that has found its size stops paying for trials. */
@@ -161,11 +188,13 @@ export const make = (settings: Settings): Controller => {
   const judge = (current: Trial): Change | undefined => {
     const rate = current.rate / current.measured
     const waited = current.responseSum / current.measured
+    const drop = beyondNoise(dropTolerance)
+    const gain = beyondNoise(gainThreshold)
     if (current.to < current.from) {
-      if (rate < current.reference * (1 - dropTolerance)) {
+      if (rate < current.reference * (1 - drop)) {
         return back(current, `throughput fell ${percent(1 - rate / current.reference)} with ${current.to} connections`, "up")
       }
-      if (waited > current.response * (1 + latencyTolerance) && rate < current.reference * (1 + gainThreshold)) {
+      if (waited > current.response * (1 + beyondNoise(latencyTolerance)) && rate < current.reference * (1 + gain)) {
         return back(current, `callers waited ${percent(waited / current.response - 1)} longer with ${current.to} connections`, "up")
       }
       // The bar for the rest of the descent is the best it has held: one that began above the knee (more
@@ -177,7 +206,7 @@ export const make = (settings: Settings): Controller => {
       recentRates.length = 0
       return undefined
     }
-    if (rate >= current.reference * (1 + gainThreshold)) {
+    if (rate >= current.reference * (1 + gain)) {
       failedInARow = 0
       upStreak++
       recentRates.length = 0
@@ -223,9 +252,11 @@ export const make = (settings: Settings): Controller => {
         hold()
         recentRates.length = 0
         wasBusy = false
+        lastSteadyRate = undefined
         return change(abandoned.from, "revert", `the load stopped during the trial of ${abandoned.to}: back to ${abandoned.from}`)
       }
       if (++trial.intervals === 1) return undefined
+      observeNoise(rate)
       trial.rate += rate
       trial.responseSum += responseNow
       trial.measured++
@@ -238,10 +269,14 @@ export const make = (settings: Settings): Controller => {
       // The load changed: what was measured before says nothing about what comes.
       recentRates.length = 0
       wasBusy = false
+      lastSteadyRate = undefined
       return undefined
     }
     // The first busy interval after a quiet one was partly quiet: not a measure of anything.
-    if (wasBusy) recentRates.push(rate)
+    if (wasBusy) {
+      recentRates.push(rate)
+      observeNoise(rate)
+    }
     wasBusy = true
     if (recentRates.length > 5) recentRates.shift()
     response = response === 0 ? responseNow : response * 0.7 + responseNow * 0.3
