@@ -683,6 +683,8 @@ export const make = <C>(
           }
         }
         return Effect.withSpan(wait(request), "db.client.connection.wait", {
+          // The call site is always this line: a stack trace per wait would only cost CPU.
+          captureStackTrace: false,
           kind: "internal",
           attributes: {
             "db.client.connection.pool.name": options.name,

@@ -154,7 +154,9 @@ const noRows: Description = { fields: [], readField: () => null, build: () => ({
 /** A statement this connection names. */
 interface Prepared {
   readonly name: string
-  readonly key: string
+  readonly sql: string
+  /** Its parameter types, joined. */
+  readonly types: string
   /** The server holds the name: its `Parse` completed. */
   parsed: boolean
   /** A cycle carrying its `Parse` is on the wire. */
@@ -241,7 +243,11 @@ export const make = (session: DriverSession, options: Options): Wire => {
     (sink: PgProtocol.ValueSink, parameter: PgTypes.Parameter) => PgTypes.writeParameter(sink, parameter, session.registry),
     PgTypes.isTextFormat
   )
-  const prepared = new Map<string, Prepared>()
+  // Named statements by text, then by parameter types: a statement's text is usually one string whose hash
+  // the engine keeps, where a key joining it with the types would be hashed afresh (the prologue is 2 KB).
+  const prepared = new Map<string, Map<string, Prepared>>()
+  /** Every named statement, least recently used first. */
+  const recency = new Set<Prepared>()
   let closes: Array<Uint8Array> = []
   let counter = 0
   const namespace = Math.random().toString(36).slice(2, 10)
@@ -273,17 +279,20 @@ export const make = (session: DriverSession, options: Options): Wire => {
 
   /** The connection's name for `sql` with these parameter types; evicts the least recently used beyond the bound. */
   const named = (sql: string, types: ReadonlyArray<number>): Prepared => {
-    const key = types.length === 0 ? sql : `${sql}\u0000${types.join(",")}`
-    const found = prepared.get(key)
+    const typeKey = types.length === 0 ? "" : types.join(",")
+    let byTypes = prepared.get(sql)
+    const found = byTypes?.get(typeKey)
     if (found !== undefined) {
-      prepared.delete(key)
-      prepared.set(key, found)
+      recency.delete(found)
+      recency.add(found)
       return found
     }
-    const entry: Prepared = { name: `mh_${namespace}_${++counter}`, key, parsed: false, parsing: false, description: undefined }
-    prepared.set(key, entry)
-    for (const old of prepared.values()) {
-      if (prepared.size <= options.preparedStatements) break
+    const entry: Prepared = { name: `mh_${namespace}_${++counter}`, sql, types: typeKey, parsed: false, parsing: false, description: undefined }
+    if (byTypes === undefined) prepared.set(sql, byTypes = new Map())
+    byTypes.set(typeKey, entry)
+    recency.add(entry)
+    for (const old of recency) {
+      if (recency.size <= options.preparedStatements) break
       if (old === entry || old.parsing) continue
       evict(old)
     }
@@ -291,7 +300,12 @@ export const make = (session: DriverSession, options: Options): Wire => {
   }
 
   const evict = (entry: Prepared): void => {
-    if (prepared.get(entry.key) === entry) prepared.delete(entry.key)
+    const byTypes = prepared.get(entry.sql)
+    if (byTypes?.get(entry.types) === entry) {
+      byTypes.delete(entry.types)
+      if (byTypes.size === 0) prepared.delete(entry.sql)
+    }
+    recency.delete(entry)
     if (entry.parsed) closes.push(PgProtocol.encodeClose({ target: "statement", name: entry.name }))
     entry.parsed = false
   }
@@ -485,8 +499,9 @@ export const make = (session: DriverSession, options: Options): Wire => {
   }
 
   const forgetPrepared = (): void => {
-    for (const entry of prepared.values()) entry.parsed = false
+    for (const entry of recency) entry.parsed = false
     prepared.clear()
+    recency.clear()
     closes = []
   }
 
