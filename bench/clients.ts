@@ -175,13 +175,16 @@ export const postgresJs = async (target: Target): Promise<Client> => {
   if (target.warm) await Promise.all(Array.from({ length: target.connections }, () => sql`SELECT 1`))
   return {
     query: (s) => run(sql, s),
-    // Returning the queries from `begin` pipelines them.
+    // Returning an array of queries from `begin`'s callback pipelines them. Only an array: postgres.js's
+    // queries run when awaited, and an array resolved from an async callback is never awaited, so the
+    // transaction would commit having run nothing (an earlier version of this harness did that).
     inTenantTransaction: (tenant, statements, sequential) =>
-      sql.begin(async (tx) => {
-        if (!sequential) return [run(tx, setTenant(target.tenantSetting, tenant)), ...statements.map((s) => run(tx, s))]
-        await run(tx, setTenant(target.tenantSetting, tenant))
-        for (const s of statements) await run(tx, s)
-      }),
+      sequential
+        ? sql.begin(async (tx) => {
+          await run(tx, setTenant(target.tenantSetting, tenant))
+          for (const s of statements) await run(tx, s)
+        })
+        : sql.begin((tx) => [run(tx, setTenant(target.tenantSetting, tenant)), ...statements.map((s) => run(tx, s))]),
     close: () => sql.end({ timeout: 5 })
   }
 }

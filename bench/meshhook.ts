@@ -73,7 +73,13 @@ const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, m
  */
 export const job = (sequential: boolean) => (client: Clients.Client) => async () => {
   const claimed = Job.claimed(await client.query(Job.claim))
-  if (claimed === undefined) return sleep(httpMillis)
+  if (claimed === undefined) {
+    // 1,000 jobs and at most one claimed per worker: an empty queue means jobs were claimed and never
+    // finished (a contender whose transactions did nothing), and would make the rest of the run cheap
+    // empty claims. It counts as an error, so every table shows it.
+    await sleep(httpMillis)
+    throw new Error("no job to claim: the queue was drained by jobs that never finished")
+  }
   await client.inTenantTransaction(claimed.projectId, Job.startStep(claimed), sequential)
   await sleep(httpMillis)
   await client.inTenantTransaction(claimed.projectId, Job.finishStep(claimed, randomBytes(1024).toString("hex")), sequential)
