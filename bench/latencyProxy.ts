@@ -13,6 +13,9 @@
  * What it counts, per connection, from the protocol's framing:
  * - client writes: chunks from the client, about one per write (sockets run
  *   with `TCP_NODELAY` on both sides);
+ * - round trips: client writes that found nothing of theirs unanswered on the
+ *   connection, so that their sender waited a whole round trip (a write
+ *   pipelined behind unanswered ones does not count);
  * - connection-ms held: time from a client's message reaching the proxy on an
  *   idle connection until the `ReadyForQuery` that leaves it idle again (no
  *   Sync unanswered, not in a transaction) reaches the client; that is how
@@ -28,6 +31,8 @@ import { performance } from "node:perf_hooks"
 /** What the proxy measured since the last reset. */
 export interface Counts {
   readonly clientWrites: number
+  /** Client writes sent while nothing was unanswered on their connection: each costs a whole round trip. */
+  readonly roundTrips: number
   /** Sync points the clients sent (Sync or a simple Query): each is answered by one ReadyForQuery. */
   readonly syncs: number
   readonly heldMillis: number
@@ -161,7 +166,8 @@ const Z = 0x5a // ReadyForQuery
 const I = 0x49 // status: idle
 
 const serve = (host: string, port: number, rttMillis: number) => {
-  const counts = { clientWrites: 0, syncs: 0, heldMillis: 0, late: 0, chunks: 0 }
+  const zero = { clientWrites: 0, roundTrips: 0, syncs: 0, heldMillis: 0, late: 0, chunks: 0 }
+  const counts = { ...zero }
   let since = { wall: performance.now(), cpu: process.cpuUsage() }
   const late = (millis: number) => {
     counts.late += millis
@@ -193,6 +199,7 @@ const serve = (host: string, port: number, rttMillis: number) => {
     }, false)
     client.on("data", (chunk) => {
       counts.clientWrites++
+      if (unanswered === 0) counts.roundTrips++
       heldSince ??= performance.now()
       fromClient(chunk)
       toServer(upstream, chunk)
@@ -219,7 +226,7 @@ const serve = (host: string, port: number, rttMillis: number) => {
 
   process.on("message", (request: Request) => {
     if (request.kind === "reset") {
-      Object.assign(counts, { clientWrites: 0, syncs: 0, heldMillis: 0, late: 0, chunks: 0 })
+      Object.assign(counts, zero)
       since = { wall: performance.now(), cpu: process.cpuUsage() }
       return process.send!({ id: request.id } satisfies Reply)
     }
@@ -228,6 +235,7 @@ const serve = (host: string, port: number, rttMillis: number) => {
       id: request.id,
       counts: {
         clientWrites: counts.clientWrites,
+        roundTrips: counts.roundTrips,
         syncs: counts.syncs,
         heldMillis: counts.heldMillis,
         lateMillis: counts.chunks === 0 ? 0 : counts.late / counts.chunks,

@@ -5,13 +5,15 @@
  * this machine's CPU, are the limit. Contenders alternate round by round, the
  * starting one rotating; figures are medians over rounds.
  *
- * Per operation (a job, or a statement): client writes and Sync points (round
- * trips the client started), connection-ms held (the proxy's view: from a
- * borrower's first message to the answer that leaves the connection idle),
- * Node CPU and PostgreSQL CPU (its backends' utime + stime).
+ * Per operation (a job, or a statement): client writes, round trips (writes
+ * that found nothing unanswered on their connection) and Sync points,
+ * connection-ms held (the proxy's view: from a borrower's first message to
+ * the answer that leaves the connection idle) and the share of the
+ * connections' time that is (near 100%: connections are the limit), Node CPU
+ * and PostgreSQL CPU (its backends' utime + stime).
  *
  *   node bench/network.ts [--rounds 3] [--seconds 3] [--connections 2] [--workers 50]
- *                         [--rtt 0,0.5,2] [--only job,jobNatural,tenant]
+ *                         [--rtt 0,0.5,2] [--only job,jobNatural,tenant] [--contenders meshhook,pg-tuned]
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -32,7 +34,8 @@ const { values } = parseArgs({
     connections: { type: "string", default: "2" },
     workers: { type: "string", default: "50" },
     rtt: { type: "string", default: "0,0.5,2" },
-    only: { type: "string", default: "job,jobNatural,tenant" }
+    only: { type: "string", default: "job,jobNatural,tenant" },
+    contenders: { type: "string" }
   }
 })
 const rounds = Number(values.rounds)
@@ -54,13 +57,17 @@ interface ContenderKind {
   readonly make: (target: Clients.Target) => Promise<Clients.Client>
 }
 
-const kinds: ReadonlyArray<ContenderKind> = [
+const allKinds: ReadonlyArray<ContenderKind> = [
   { name: "@meshhook/pool", applicationName: "net-meshhook", make: (t) => Clients.meshhookPool(t) },
   { name: "@effect/sql-pg PgClient", applicationName: "net-pgclient", make: (t) => Clients.effectPgClient(t, false) },
   { name: "pg.Pool (defaults)", applicationName: "net-pg", make: (t) => Clients.nodePostgres(t, false) },
   { name: "pg.Pool (tuned)", applicationName: "net-pg-tuned", make: (t) => Clients.nodePostgres(t, true) },
   { name: "postgres.js", applicationName: "net-postgresjs", make: Clients.postgresJs }
 ]
+/** `--contenders` picks by application name without its `net-` prefix. */
+const kinds = values.contenders === undefined
+  ? allKinds
+  : allKinds.filter((kind) => values.contenders!.split(",").includes(kind.applicationName.slice(4)))
 
 /** One round of one contender, per operation where it says so. */
 interface Round {
@@ -69,6 +76,7 @@ interface Round {
   readonly p99Millis: number
   readonly errors: number
   readonly writesPerOp: number
+  readonly roundTripsPerOp: number
   readonly syncsPerOp: number
   readonly heldMillisPerOp: number
   readonly nodeCpuMillisPerOp: number
@@ -134,6 +142,7 @@ const measure = async (
     p99Millis: result.p99Millis,
     errors: result.errors,
     writesPerOp: counts.clientWrites / ops,
+    roundTripsPerOp: counts.roundTrips / ops,
     syncsPerOp: counts.syncs / ops,
     heldMillisPerOp: counts.heldMillis / ops,
     nodeCpuMillisPerOp: nodeCpu / ops,
@@ -151,8 +160,8 @@ const table = (results: ReadonlyArray<{ readonly name: string; readonly rounds: 
   const pick = (rounds: ReadonlyArray<Round>, f: (r: Round) => number) => median(rounds.map(f))
   const base = pick(results[0].rounds, (r) => r.opsPerSecond)
   const lines = [
-    "| contender | ops/s | vs first | p50 ms | p99 ms | p99/p50 | writes/op | syncs/op | held ms/op | Node CPU ms/op | PG CPU ms/op | Node / PG / proxy CPU | errors |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| contender | ops/s | vs first | p50 ms | p99 ms | p99/p50 | writes/op | round trips/op | syncs/op | held ms/op | connections busy | Node CPU ms/op | PG CPU ms/op | Node / PG / proxy CPU | errors |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   ]
   for (const { name, rounds } of results) {
     const m = (f: (r: Round) => number) => pick(rounds, f)
@@ -160,7 +169,8 @@ const table = (results: ReadonlyArray<{ readonly name: string; readonly rounds: 
     lines.push(
       `| ${name} | ${Math.round(ops).toLocaleString("en-US")} | ${fixed(ops / base, 2)}× | ${fixed(m((r) => r.p50Millis), 1)} | ` +
         `${fixed(m((r) => r.p99Millis), 1)} | ${fixed(m((r) => r.p99Millis / r.p50Millis), 1)} | ${fixed(m((r) => r.writesPerOp), 1)} | ` +
-        `${fixed(m((r) => r.syncsPerOp), 1)} | ${fixed(m((r) => r.heldMillisPerOp), 2)} | ${fixed(m((r) => r.nodeCpuMillisPerOp), 3)} | ` +
+        `${fixed(m((r) => r.roundTripsPerOp), 1)} | ${fixed(m((r) => r.syncsPerOp), 1)} | ${fixed(m((r) => r.heldMillisPerOp), 2)} | ` +
+        `${fixed(m((r) => r.heldMillisPerOp * r.opsPerSecond / 10 / connections), 0)}% | ${fixed(m((r) => r.nodeCpuMillisPerOp), 3)} | ` +
         `${fixed(m((r) => r.pgCpuMillisPerOp), 3)} | ${fixed(m((r) => r.nodeCpuPercent), 0)}% / ${fixed(m((r) => r.pgCpuPercent), 0)}% / ` +
         `${fixed(m((r) => r.proxyCpuPercent), 0)}% | ${rounds.reduce((sum, r) => sum + r.errors, 0)} |`
     )
@@ -195,7 +205,7 @@ try {
             const r = await measure(kinds[i], clients[i], workload, proxy, roundMillis)
             results[i].rounds.push(r)
             log(`  ${round + 1}/${rounds} ${kinds[i].name.padEnd(26)} ${r.opsPerSecond.toFixed(0).padStart(6)}/s` +
-              ` writes/op ${r.writesPerOp.toFixed(1)} held ${r.heldMillisPerOp.toFixed(2)} ms/op late ${r.lateMillis.toFixed(3)} ms` +
+              ` writes/op ${r.writesPerOp.toFixed(1)} round trips/op ${r.roundTripsPerOp.toFixed(1)} held ${r.heldMillisPerOp.toFixed(2)} ms/op late ${r.lateMillis.toFixed(3)} ms` +
               ` cpu node ${r.nodeCpuPercent.toFixed(0)}% pg ${r.pgCpuPercent.toFixed(0)}% proxy ${r.proxyCpuPercent.toFixed(0)}%`)
           }
         }

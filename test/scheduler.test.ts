@@ -130,6 +130,26 @@ describe("Scheduler", () => {
     assert.strictEqual(scheduler.size(), 0)
   })
 
+  it("a tenant's next waiter waits one round, however many new tenants keep arriving", () => {
+    // Saturation with many tenants: one new tenant arrives per connection served, as when each caller
+    // picks a tenant at random. New tenants join at the end of the current round, so they cannot keep
+    // the round from coming back to a tenant that is still waiting.
+    const scheduler = fair()
+    const ahead = Array.from({ length: 10 }, (_, i) => waiter(`t${i}`))
+    for (const w of ahead) scheduler.push(w)
+    const second = waiter("t0")
+    scheduler.push(second)
+    let servedAt = -1
+    for (let pick = 0; pick < 1_000 && servedAt < 0; pick++) {
+      scheduler.push(waiter(`new${pick}`))
+      if (scheduler.next() === second) servedAt = pick
+    }
+    // Its first waiter goes first; then the ten tenants of that round and the ones that came meanwhile
+    // (as many as were served) at most once each.
+    assert.isAtLeast(servedAt, 0, "the tenant's second waiter was never served")
+    assert.isAtMost(servedAt, 2 * ahead.length + 1)
+  })
+
   it("serves every waiter within a bound, whatever the arrivals (property)", () => {
     const arrival = fc.record({
       flow: fc.constantFrom("a", "b", "c", "d", "e"),

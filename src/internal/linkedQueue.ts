@@ -41,6 +41,19 @@ export class LinkedQueue<A> {
     this.size++
   }
 
+  /** Puts `node` just ahead of `before`, which must be queued. */
+  insertBefore(node: A, before: A): void {
+    const link = this.link(node)
+    const next = this.link(before)
+    link.prev = next.prev
+    link.next = before
+    link.queued = true
+    if (next.prev === undefined) this.head = node
+    else this.link(next.prev).next = node
+    next.prev = node
+    this.size++
+  }
+
   peek(): A | undefined {
     return this.head
   }

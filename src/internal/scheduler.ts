@@ -231,7 +231,12 @@ const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => 
       const flow = flowFor(waiter)
       const cls = classes[waiter.request.priority]
       flow.queue.push(waiter)
-      if (!flow.inRing.queued) cls.ring.push(flow)
+      // A tenant that starts waiting joins at the end of the current round, just behind the cursor: at
+      // the ring's tail, a stream of new tenants would keep the cursor from ever coming back round.
+      if (!flow.inRing.queued) {
+        if (cls.cursor === undefined) cls.ring.push(flow)
+        else cls.ring.insertBefore(flow, cls.cursor)
+      }
       cls.waiting++
       size++
       if (waiter.request.shared) sharedWaiting++
