@@ -12,7 +12,6 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as References from "effect/References"
 import * as Scope from "effect/Scope"
-import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import type * as Net from "node:net"
@@ -23,8 +22,8 @@ import { Observability } from "../src/otel/index.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
 import * as Clients from "./clients.ts"
 import * as Database from "../examples/meshhook/database.ts"
-import * as Job from "../examples/meshhook/job.ts"
 import { burst, closedLoop, compare, type Contender, machine, type Summary } from "./harness.ts"
+import * as MeshHook from "./meshhook.ts"
 import * as Noisy from "./noisy.ts"
 import { pgbench, pgbenchPath, runPgbench } from "./pgbench.ts"
 import * as Report from "./report.ts"
@@ -33,7 +32,7 @@ const usage = `Usage: npm run bench [-- options]
 
   --quick          3 rounds of 2 s (a few minutes) instead of 5 rounds of 5 s
   --smoke          1 short round: checks that everything runs (CI)
-  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, telemetry,
+  --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, meshhookJobNatural, telemetry,
                    sizingTenant, sizingJob, spike, noisy
   --out DIR        write results/ and the report there instead of bench/ and docs/`
 
@@ -137,17 +136,10 @@ const selectByKeyInTenant = (client: Clients.Client) => () => {
   const aid = randomAid()
   return client.inTenantTransaction(String(Math.floor((aid - 1) / 100_000) + 1), [selectByKey(aid)])
 }
-const httpMillis = 20
-const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
+const { httpMillis } = MeshHook
 
-/** One MeshHook worker job, as every client runs it. */
-const meshhookJob = (client: Clients.Client) => async () => {
-  const job = Job.claimed(await client.query(Job.claim))
-  if (job === undefined) return sleep(httpMillis)
-  await client.inTenantTransaction(job.projectId, Job.startStep(job))
-  await sleep(httpMillis)
-  await client.inTenantTransaction(job.projectId, Job.finishStep(job, randomBytes(1024).toString("hex")))
-}
+/** The MeshHook job, its transactions' statements sent together (the pipelined way). */
+const meshhookJob = MeshHook.job(false)
 
 /** The fixed sizes the sizing workloads sweep, and the adaptive pool's `max`. */
 const sweepSizes = [2, 4, 8, 16, 32, 64]
@@ -210,6 +202,15 @@ END;
     tenantSetting: Database.tenantSetting,
     callers: 200,
     op: meshhookJob,
+    pgbenchScript: Fs.readFileSync(new URL("./meshhook-job.pgbench", import.meta.url), "utf8")
+  },
+  {
+    name: "meshhookJobNatural",
+    title: `MeshHook job written the natural way (each statement awaited in turn); 200 workers`,
+    url: Redacted.value(meshhook.workerUrl),
+    tenantSetting: Database.tenantSetting,
+    callers: 200,
+    op: MeshHook.job(true),
     pgbenchScript: Fs.readFileSync(new URL("./meshhook-job.pgbench", import.meta.url), "utf8")
   },
   {
