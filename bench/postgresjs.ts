@@ -54,7 +54,8 @@ const timeline = async (name: string, client: Clients.Client) => {
     for (let second = 0; second < seconds; second++) {
       const round = await closedLoop(() => client.query(select1), concurrency, 1_000)
       rates.push(Math.round(round.opsPerSecond).toLocaleString("en-US"))
-      cpus.push(`${(round.cpuPercent * 10 / round.opsPerSecond).toFixed(0)} µs`)
+      // Percent of a core over queries per second: µs of CPU per query.
+      cpus.push(`${(round.cpuPercent * 10_000 / round.opsPerSecond).toFixed(0)} µs`)
     }
   } finally {
     await client.close()

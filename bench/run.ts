@@ -12,9 +12,11 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as References from "effect/References"
 import * as Scope from "effect/Scope"
+import { spawnSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import type * as Net from "node:net"
+import * as Os from "node:os"
 import * as Path from "node:path"
 import { parseArgs } from "node:util"
 import pg from "pg"
@@ -34,7 +36,9 @@ const usage = `Usage: npm run bench [-- options]
   --smoke          1 short round: checks that everything runs (CI)
   --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, meshhookJobNatural, telemetry,
                    sizingTenant, sizingJob, spike, noisy
-  --out DIR        write results/ and the report there instead of bench/ and docs/`
+  --out DIR        write results/ and the report there instead of bench/ and docs/
+  --pin            PostgreSQL on the first core, this process (and pgbench) on the others, as on separate
+                   machines (needs taskset)`
 
 let flags
 try {
@@ -44,6 +48,7 @@ try {
       smoke: { type: "boolean", default: false },
       only: { type: "string" },
       out: { type: "string" },
+      pin: { type: "boolean", default: false },
       help: { type: "boolean", default: false }
     }
   }).values
@@ -79,6 +84,31 @@ await admin.query("CREATE DATABASE bench")
 await admin.end()
 const bench = new pg.Client({ connectionString: superUrl })
 await bench.connect()
+if (flags.pin) {
+  // Backends are forked by the postmaster and take its affinity; pgbench is forked by this process.
+  const backend = (await bench.query("SELECT pg_backend_pid() AS pid")).rows[0].pid as number
+  const postmaster = Number(Fs.readFileSync(`/proc/${backend}/stat`, "utf8").split(") ")[1].split(" ")[1])
+  const parentOf = (pid: string) => {
+    try {
+      return Number(Fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[1])
+    } catch {
+      return -1
+    }
+  }
+  // Its children forked before now (background writers, this connection's backend) are pinned one by one.
+  const children = Fs.readdirSync("/proc").filter((pid) => /^[0-9]+$/.test(pid) && parentOf(pid) === postmaster)
+  const others = `1-${Os.cpus().length - 1}`
+  const pins: Array<[cpus: string, pid: number]> = [
+    ["0", postmaster],
+    ...children.map((pid): [string, number] => ["0", Number(pid)]),
+    [others, process.pid]
+  ]
+  for (const [cpus, pid] of pins) {
+    const pinned = spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { encoding: "utf8" })
+    if (pinned.status !== 0) throw new Error(`taskset failed: ${pinned.stderr}`)
+  }
+  log(`Pinned: PostgreSQL on CPU 0, this process on CPUs ${others}`)
+}
 
 log(`Loading pgbench tables (scale ${settings.scale})...`)
 const pgbenchAvailable = pgbenchPath() !== undefined
@@ -206,12 +236,12 @@ END;
   },
   {
     name: "meshhookJobNatural",
-    title: `MeshHook job written the natural way (each statement awaited in turn); 200 workers`,
+    title: `MeshHook job written the natural way (each statement awaited in turn); 200 workers; pgbench without the HTTP call: the database's limit`,
     url: Redacted.value(meshhook.workerUrl),
     tenantSetting: Database.tenantSetting,
     callers: 200,
     op: MeshHook.job(true),
-    pgbenchScript: Fs.readFileSync(new URL("./meshhook-job.pgbench", import.meta.url), "utf8")
+    pgbenchScript: Fs.readFileSync(new URL("./meshhook-job.pgbench", import.meta.url), "utf8").replace(/^\\sleep .*\n/m, "")
   },
   {
     name: "telemetry",
