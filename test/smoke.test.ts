@@ -52,7 +52,7 @@ describe("the benchmark suite", () => {
       const { code, output } = await run(["bench/run.ts", "--smoke", "--out", out])
       expect(code, output).toBe(0)
       const record = JSON.parse(Fs.readFileSync(Path.join(out, "results", "smoke.json"), "utf8"))
-      expect(Object.keys(record.workloads)).toEqual(["select1", "selectByKey", "selectByKeyTenant", "meshhookJob", "telemetry", "sizingTenant", "sizingJob", "spike"])
+      expect(Object.keys(record.workloads)).toEqual(["select1", "selectByKey", "selectByKeyTenant", "meshhookJob", "meshhookJobNatural", "telemetry", "sizingTenant", "sizingJob", "spike"])
       expect(record.noisy.map((s: { name: string }) => s.name)).toContain("@meshhook/pool, tenant-fair")
       for (const [name, workload] of Object.entries(record.workloads) as Array<[string, { summaries: Array<any> }]>) {
         const ours = workload.summaries[0]
