@@ -90,7 +90,6 @@ export const start = (target: { readonly host: string; readonly port: number }, 
 /** A chunk on its way, and when it may go. */
 interface InFlight {
   readonly due: number
-  readonly arrived: number
   readonly to: Net.Socket
   readonly data: Buffer
   /** Runs when the chunk is written (the held time's end). */
@@ -127,7 +126,7 @@ const delayLine = (oneWayMillis: number, onLate: (millis: number) => void) => {
       written?.()
       return
     }
-    queue.push({ due: arrived + oneWayMillis, arrived, to, data, ...(written ? { written } : {}) })
+    queue.push({ due: arrived + oneWayMillis, to, data, ...(written ? { written } : {}) })
     if (!armed) {
       armed = true
       setImmediate(pump)
