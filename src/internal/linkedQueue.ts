@@ -31,27 +31,12 @@ export class LinkedQueue<A> {
   }
 
   push(node: A): void {
-    const link = this.link(node)
-    link.prev = this.tail
-    link.next = undefined
-    link.queued = true
-    if (this.tail === undefined) this.head = node
-    else this.link(this.tail).next = node
-    this.tail = node
-    this.size++
+    this.place(node, this.tail, undefined)
   }
 
   /** Puts `node` just ahead of `before`, which must be queued. */
   insertBefore(node: A, before: A): void {
-    const link = this.link(node)
-    const next = this.link(before)
-    link.prev = next.prev
-    link.next = before
-    link.queued = true
-    if (next.prev === undefined) this.head = node
-    else this.link(next.prev).next = node
-    next.prev = node
-    this.size++
+    this.place(node, this.link(before).prev, before)
   }
 
   peek(): A | undefined {
@@ -62,6 +47,19 @@ export class LinkedQueue<A> {
     const node = this.head
     if (node !== undefined) this.remove(node)
     return node
+  }
+
+  /** Links `node` in between `prev` and `next` (either end when `undefined`). */
+  private place(node: A, prev: A | undefined, next: A | undefined): void {
+    const link = this.link(node)
+    link.prev = prev
+    link.next = next
+    link.queued = true
+    if (prev === undefined) this.head = node
+    else this.link(prev).next = node
+    if (next === undefined) this.tail = node
+    else this.link(next).prev = node
+    this.size++
   }
 
   /** Takes `node` out wherever it stands; returns whether it was queued. */

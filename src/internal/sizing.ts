@@ -252,7 +252,6 @@ export const make = (settings: Settings): Controller => {
         hold()
         recentRates.length = 0
         wasBusy = false
-        lastSteadyRate = undefined
         return change(abandoned.from, "revert", `the load stopped during the trial of ${abandoned.to}: back to ${abandoned.from}`)
       }
       if (++trial.intervals === 1) return undefined
