@@ -3,12 +3,15 @@
  * process of its own, that adds a round trip of `rttMillis` (half each way)
  * and counts what crosses it.
  *
- * Precision: Node's timers have a resolution of 1 ms, so a chunk due in less
- * than that is waited for by turning the event loop (`setImmediate`), which
- * keeps reading sockets meanwhile, and later chunks keep their own arrival
- * time. The delay is constant, so chunks fall due in arrival order and one
- * queue per direction serves every connection. The proxy reports the delay
- * it actually added, and its own CPU.
+ * Precision: Node's timers have a resolution of 1 ms, so the proxy is woken
+ * by an alarm thread that sleeps in `Atomics.wait` (sub-millisecond, and no
+ * CPU while it sleeps) and rings a little early by the lateness it measured;
+ * whatever is left is waited out by turning the event loop (`setImmediate`),
+ * which keeps reading sockets meanwhile. A real network costs the machine no
+ * CPU, and a proxy spinning for its precision took half a core or more from
+ * the client and the server it sits between. The delay is constant, so chunks
+ * fall due in arrival order and one queue per direction serves every
+ * connection. The proxy reports the delay it actually added, and its own CPU.
  *
  * What it counts, per connection, from the protocol's framing:
  * - client writes: chunks from the client, about one per write (sockets run
@@ -19,7 +22,11 @@
  * - connection-ms held: time from a client's message reaching the proxy on an
  *   idle connection until the `ReadyForQuery` that leaves it idle again (no
  *   Sync unanswered, not in a transaction) reaches the client; that is how
- *   long the server connection served one borrower, round trips included.
+ *   long the server connection served one borrower, round trips included;
+ * - client turnaround: on a held connection with nothing unanswered, time from
+ *   the last answer reaching the client to the client's next message: the
+ *   client's own time between two awaited statements, which holds the server
+ *   connection as surely as the network does.
  *
  * The parent side (`start`) forks this file; the child serves until its
  * parent goes.
@@ -27,6 +34,7 @@
 import * as ChildProcess from "node:child_process"
 import * as Net from "node:net"
 import { performance } from "node:perf_hooks"
+import * as WorkerThreads from "node:worker_threads"
 
 /** What the proxy measured since the last reset. */
 export interface Counts {
@@ -36,6 +44,9 @@ export interface Counts {
   /** Sync points the clients sent (Sync or a simple Query): each is answered by one ReadyForQuery. */
   readonly syncs: number
   readonly heldMillis: number
+  /** Client writes that ended a turnaround (see the module's doc), and the time those turnarounds took. */
+  readonly turnarounds: number
+  readonly turnaroundMillis: number
   /** Mean delay added to a chunk beyond the asked one, in ms (lateness of the event loop). */
   readonly lateMillis: number
   readonly proxyCpuMillis: number
@@ -96,6 +107,54 @@ interface InFlight {
   readonly written?: () => void
 }
 
+/**
+ * The alarm thread: sleeps until the time in the shared `due` slot (ms since
+ * the epoch), posts one message, and sleeps again until the slot's generation
+ * changes (a new time set, or the current one changed).
+ */
+const alarmThread = `
+const { workerData, parentPort } = require("node:worker_threads")
+const generation = new Int32Array(workerData, 0, 1)
+const due = new Float64Array(workerData, 8, 1)
+for (;;) {
+  const seen = Atomics.load(generation, 0)
+  const wait = due[0] - (performance.timeOrigin + performance.now())
+  if (due[0] === 0) Atomics.wait(generation, 0, seen)
+  else if (wait > 0) Atomics.wait(generation, 0, seen, wait)
+  else {
+    parentPort.postMessage(0)
+    Atomics.wait(generation, 0, seen)
+  }
+}`
+
+/**
+ * Calls `ring` at about the `performance.now()` time last passed to the
+ * returned function: from the alarm thread, early by its measured lateness,
+ * or from the event loop's next turn when that time is closer than the
+ * lateness.
+ */
+const alarm = (ring: () => void) => {
+  const shared = new SharedArrayBuffer(16)
+  const generation = new Int32Array(shared, 0, 1)
+  const due = new Float64Array(shared, 8, 1)
+  // How late the thread's message arrives after the time asked for, learnt as it goes.
+  let lead = 0.1
+  let asked = 0
+  const thread = new WorkerThreads.Worker(alarmThread, { eval: true, workerData: shared })
+  thread.unref()
+  thread.on("message", () => {
+    lead = Math.min(0.5, Math.max(0, 0.9 * lead + 0.1 * (lead + performance.now() - asked)))
+    ring()
+  })
+  return (at: number) => {
+    if (at - lead <= performance.now()) return void setImmediate(ring)
+    asked = at
+    due[0] = performance.timeOrigin + at - lead
+    Atomics.add(generation, 0, 1)
+    Atomics.notify(generation, 0)
+  }
+}
+
 /** A FIFO of chunks, drained as they fall due. */
 const delayLine = (oneWayMillis: number, onLate: (millis: number) => void) => {
   const queue: Array<InFlight> = []
@@ -115,10 +174,9 @@ const delayLine = (oneWayMillis: number, onLate: (millis: number) => void) => {
       armed = false
       return
     }
-    const wait = queue[head].due - now
-    if (wait > 1.5) setTimeout(pump, wait - 1)
-    else setImmediate(pump)
+    wakeAt(queue[head].due)
   }
+  const wakeAt = alarm(pump)
   return (to: Net.Socket, data: Buffer, written?: () => void) => {
     const arrived = performance.now()
     if (oneWayMillis === 0) {
@@ -129,7 +187,7 @@ const delayLine = (oneWayMillis: number, onLate: (millis: number) => void) => {
     queue.push({ due: arrived + oneWayMillis, to, data, ...(written ? { written } : {}) })
     if (!armed) {
       armed = true
-      setImmediate(pump)
+      wakeAt(arrived + oneWayMillis)
     }
   }
 }
@@ -165,7 +223,7 @@ const Z = 0x5a // ReadyForQuery
 const I = 0x49 // status: idle
 
 const serve = (host: string, port: number, rttMillis: number) => {
-  const zero = { clientWrites: 0, roundTrips: 0, syncs: 0, heldMillis: 0, late: 0, chunks: 0 }
+  const zero = { clientWrites: 0, roundTrips: 0, syncs: 0, heldMillis: 0, turnarounds: 0, turnaroundMillis: 0, late: 0, chunks: 0 }
   const counts = { ...zero }
   let since = { wall: performance.now(), cpu: process.cpuUsage() }
   const late = (millis: number) => {
@@ -183,6 +241,8 @@ const serve = (host: string, port: number, rttMillis: number) => {
     let unanswered = 0
     let status = I
     let heldSince: number | undefined
+    let answeredAt: number | undefined
+    let answersOnTheWay = 0
     let endsHold = false
     const fromClient = framer((type) => {
       if (type === S || type === Q) {
@@ -196,19 +256,32 @@ const serve = (host: string, port: number, rttMillis: number) => {
       status = first
       if (unanswered === 0 && status === I) endsHold = true
     }, false)
+    const answered = () => {
+      answersOnTheWay--
+      answeredAt = performance.now()
+    }
     client.on("data", (chunk) => {
       counts.clientWrites++
-      if (unanswered === 0) counts.roundTrips++
+      if (unanswered === 0) {
+        counts.roundTrips++
+        if (heldSince !== undefined && answeredAt !== undefined && answersOnTheWay === 0) {
+          counts.turnarounds++
+          counts.turnaroundMillis += performance.now() - answeredAt
+        }
+      }
       heldSince ??= performance.now()
       fromClient(chunk)
       toServer(upstream, chunk)
     })
     upstream.on("data", (chunk) => {
       fromServer(chunk)
-      if (!endsHold) return toClient(client, chunk)
+      answersOnTheWay++
+      if (!endsHold) return toClient(client, chunk, answered)
       endsHold = false
       // The hold ends when the answer that leaves the connection idle reaches the client.
       toClient(client, chunk, () => {
+        answersOnTheWay--
+        answeredAt = undefined
         if (heldSince !== undefined && unanswered === 0 && status === I) {
           counts.heldMillis += performance.now() - heldSince
           heldSince = undefined
@@ -237,6 +310,8 @@ const serve = (host: string, port: number, rttMillis: number) => {
         roundTrips: counts.roundTrips,
         syncs: counts.syncs,
         heldMillis: counts.heldMillis,
+        turnarounds: counts.turnarounds,
+        turnaroundMillis: counts.turnaroundMillis,
         lateMillis: counts.chunks === 0 ? 0 : counts.late / counts.chunks,
         proxyCpuMillis: (cpu.user + cpu.system) / 1_000,
         wallMillis: performance.now() - since.wall

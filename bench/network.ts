@@ -79,6 +79,7 @@ interface Round {
   readonly roundTripsPerOp: number
   readonly syncsPerOp: number
   readonly heldMillisPerOp: number
+  readonly turnaroundMillis: number
   readonly nodeCpuMillisPerOp: number
   readonly pgCpuMillisPerOp: number
   readonly nodeCpuPercent: number
@@ -145,6 +146,7 @@ const measure = async (
     roundTripsPerOp: counts.roundTrips / ops,
     syncsPerOp: counts.syncs / ops,
     heldMillisPerOp: counts.heldMillis / ops,
+    turnaroundMillis: counts.turnarounds === 0 ? Number.NaN : counts.turnaroundMillis / counts.turnarounds,
     nodeCpuMillisPerOp: nodeCpu / ops,
     pgCpuMillisPerOp: pgCpu / ops,
     nodeCpuPercent: result.cpuPercent,
@@ -160,8 +162,8 @@ const table = (results: ReadonlyArray<{ readonly name: string; readonly rounds: 
   const pick = (rounds: ReadonlyArray<Round>, f: (r: Round) => number) => median(rounds.map(f))
   const base = pick(results[0].rounds, (r) => r.opsPerSecond)
   const lines = [
-    "| contender | ops/s | vs first | p50 ms | p99 ms | p99/p50 | writes/op | round trips/op | syncs/op | held ms/op | connections busy | Node CPU ms/op | PG CPU ms/op | Node / PG / proxy CPU | errors |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| contender | ops/s | vs first | p50 ms | p99 ms | p99/p50 | writes/op | round trips/op | syncs/op | held ms/op | client turnaround ms | connections busy | Node CPU ms/op | PG CPU ms/op | Node / PG / proxy CPU | errors |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   ]
   for (const { name, rounds } of results) {
     const m = (f: (r: Round) => number) => pick(rounds, f)
@@ -170,7 +172,7 @@ const table = (results: ReadonlyArray<{ readonly name: string; readonly rounds: 
       `| ${name} | ${Math.round(ops).toLocaleString("en-US")} | ${fixed(ops / base, 2)}× | ${fixed(m((r) => r.p50Millis), 1)} | ` +
         `${fixed(m((r) => r.p99Millis), 1)} | ${fixed(m((r) => r.p99Millis / r.p50Millis), 1)} | ${fixed(m((r) => r.writesPerOp), 1)} | ` +
         `${fixed(m((r) => r.roundTripsPerOp), 1)} | ${fixed(m((r) => r.syncsPerOp), 1)} | ${fixed(m((r) => r.heldMillisPerOp), 2)} | ` +
-        `${fixed(m((r) => r.heldMillisPerOp * r.opsPerSecond / 10 / connections), 0)}% | ${fixed(m((r) => r.nodeCpuMillisPerOp), 3)} | ` +
+        `${fixed(m((r) => r.turnaroundMillis), 3)} | ${fixed(m((r) => r.heldMillisPerOp * r.opsPerSecond / 10 / connections), 0)}% | ${fixed(m((r) => r.nodeCpuMillisPerOp), 3)} | ` +
         `${fixed(m((r) => r.pgCpuMillisPerOp), 3)} | ${fixed(m((r) => r.nodeCpuPercent), 0)}% / ${fixed(m((r) => r.pgCpuPercent), 0)}% / ` +
         `${fixed(m((r) => r.proxyCpuPercent), 0)}% | ${rounds.reduce((sum, r) => sum + r.errors, 0)} |`
     )
@@ -205,7 +207,7 @@ try {
             const r = await measure(kinds[i], clients[i], workload, proxy, roundMillis)
             results[i].rounds.push(r)
             log(`  ${round + 1}/${rounds} ${kinds[i].name.padEnd(26)} ${r.opsPerSecond.toFixed(0).padStart(6)}/s` +
-              ` writes/op ${r.writesPerOp.toFixed(1)} round trips/op ${r.roundTripsPerOp.toFixed(1)} held ${r.heldMillisPerOp.toFixed(2)} ms/op late ${r.lateMillis.toFixed(3)} ms` +
+              ` writes/op ${r.writesPerOp.toFixed(1)} round trips/op ${r.roundTripsPerOp.toFixed(1)} held ${r.heldMillisPerOp.toFixed(2)} ms/op turnaround ${r.turnaroundMillis.toFixed(3)} ms late ${r.lateMillis.toFixed(3)} ms` +
               ` cpu node ${r.nodeCpuPercent.toFixed(0)}% pg ${r.pgCpuPercent.toFixed(0)}% proxy ${r.proxyCpuPercent.toFixed(0)}%`)
           }
         }
