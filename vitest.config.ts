@@ -10,7 +10,8 @@ const throughPgBouncer = [
   "test/tenant.pg.test.ts",
   "test/isolation.pg.test.ts",
   "test/adversarial.pg.test.ts",
-  "test/faults.pg.test.ts"
+  "test/faults.pg.test.ts",
+  "test/pgClient.pg.test.ts"
 ]
 
 // CI installs PgBouncer and requires it; elsewhere the suites run directly when it is missing.

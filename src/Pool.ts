@@ -1,8 +1,9 @@
 /**
  * The pool as an Effect service and a scoped Layer.
  *
- * `Pool.layer(options)` provides {@link Pool} and `SqlClient` from
- * `effect/sql`, so code written against `SqlClient` runs on it unchanged.
+ * `Pool.layer(options)` provides {@link Pool}, `SqlClient` from
+ * `effect/sql` and `@effect/sql-pg`'s `PgClient` (`json`, `listen`,
+ * `notify`, `config`), so code written against either runs on it unchanged.
  * Closing the layer's scope drains the pool: no new acquisitions, lent
  * connections come back or are closed after `shutdownTimeout`, and no socket
  * is left open.
@@ -31,9 +32,12 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Config from "effect/Config"
 import * as SqlClient from "effect/sql/SqlClient"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Statement from "effect/sql/Statement"
 import type { SqlError } from "effect/sql/SqlError"
 import * as Engine from "./internal/engine.ts"
+import * as Listener from "./internal/listener.ts"
+import * as PgClientService from "./internal/pgClient.ts"
 import type { Connector } from "./internal/engine.ts"
 import * as Prologue from "./internal/prologue.ts"
 import * as Wire from "./internal/wire.ts"
@@ -108,7 +112,7 @@ export const makeWithConnector = Effect.fnUntraced(function*(
     init: (wire: Wire.Wire) => Effect.Effect<void, SqlError>
   ) => Connector<Wire.Wire>
 ): Effect.fn.Return<
-  { readonly pool: Pool["Service"]; readonly sql: SqlClient.SqlClient },
+  { readonly pool: Pool["Service"]; readonly sql: PgClient.PgClient },
   PoolConfigError | DatabaseUnavailableError,
   Scope.Scope | Reactivity.Reactivity
 > {
@@ -172,9 +176,10 @@ export const makeWithConnector = Effect.fnUntraced(function*(
   yield* Effect.addFinalizer(() => Effect.sync(() => recorder.sample({ idle: 0, used: 0, pending: 0, max: 0, min: 0 })))
   yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sync(() => recorder.sample(engine.stats())), Effect.sleep(1_000))))
   const sql = yield* SqlClientImpl.make(engine, resolved, recorder, connector.cancel, session.pins)
+  const listener = yield* Listener.make(resolved.connection)
   const { connection: _, ...visible } = resolved
   const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
-  return { pool, sql }
+  return { pool, sql: PgClientService.make(sql, resolved, listener) }
 })
 
 /**
@@ -206,6 +211,14 @@ const pinsFor = (resolved: PoolConfig.Resolved, searchPath: string): Prologue.Pi
 })
 
 /**
+ * What the pool's layers provide.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export type Services = Pool | SqlClient.SqlClient | PgClient.PgClient
+
+/**
  * The pool's services, built by `build` from the options `options` gives.
  *
  * @internal
@@ -213,13 +226,14 @@ const pinsFor = (resolved: PoolConfig.Resolved, searchPath: string): Prologue.Pi
 export const layerFrom = <E, R>(
   options: Effect.Effect<PoolConfig.Options, E, R>,
   build: typeof make = make
-): Layer.Layer<Pool | SqlClient.SqlClient, E | PoolConfigError | DatabaseUnavailableError, Exclude<R, Scope.Scope>> =>
+): Layer.Layer<Services, E | PoolConfigError | DatabaseUnavailableError, Exclude<R, Scope.Scope>> =>
   Layer.effectContext(
     Effect.gen(function*() {
       const { pool, sql } = yield* build(yield* options)
       const { retryAttempts, retryBase, retryMax } = pool.options
       return Context.make(Pool, pool).pipe(
         Context.add(SqlClient.SqlClient, sql),
+        Context.add(PgClient.PgClient, sql),
         Context.add(Retry.CurrentPolicy, { attempts: retryAttempts, base: retryBase, max: retryMax }),
         // Statement spans become the parents of the pool's spans (connection waits) and get its attributes.
         Context.add(Statement.SpanPropagationEnabled, true)
@@ -228,18 +242,18 @@ export const layerFrom = <E, R>(
   ).pipe(Layer.provide(Reactivity.layer))
 
 /**
- * Provides {@link Pool} and `SqlClient` from the given options.
+ * Provides {@link Pool}, `SqlClient` and `PgClient` from the given options.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layer = (
   options: PoolConfig.Options
-): Layer.Layer<Pool | SqlClient.SqlClient, PoolConfigError | DatabaseUnavailableError> =>
+): Layer.Layer<Services, PoolConfigError | DatabaseUnavailableError> =>
   layerFrom(Effect.succeed(options))
 
 /**
- * Provides {@link Pool} and `SqlClient` from Effect `Config` (the environment
+ * Provides {@link Pool}, `SqlClient` and `PgClient` from Effect `Config` (the environment
  * by default; see `PoolConfig.environment` for the variable names), with
  * `overrides` winning over what is read.
  *
@@ -248,5 +262,5 @@ export const layer = (
  */
 export const layerConfig = (
   overrides: PoolConfig.Options = {}
-): Layer.Layer<Pool | SqlClient.SqlClient, Config.ConfigError | PoolConfigError | DatabaseUnavailableError> =>
+): Layer.Layer<Services, Config.ConfigError | PoolConfigError | DatabaseUnavailableError> =>
   layerFrom(PoolConfig.config(overrides))
