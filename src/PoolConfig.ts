@@ -9,6 +9,8 @@
  * @since 0.1.0
  */
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import type * as PgTypes from "@effect/sql-pg/PgTypes"
+import * as OptionNames from "./internal/optionNames.ts"
 import { searchPathOf } from "./internal/prologue.ts"
 import type { FairnessOptions } from "./internal/scheduler.ts"
 import * as Config from "effect/Config"
@@ -16,6 +18,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import type { Duplex } from "node:stream"
 import type { ConnectionOptions } from "node:tls"
 import { PoolConfigError } from "./PoolError.ts"
 import type * as Priority from "./Priority.ts"
@@ -50,14 +53,30 @@ export interface Options {
   readonly username?: string | undefined
   /**
    * A password, or an effect that yields the current one at each connection
-   * attempt (for rotated credentials). Required; pass `""` explicitly for a
-   * server that asks for none.
+   * attempt (for rotated credentials). Optional: a server that asks for one
+   * when none is given fails the connection with an authentication error.
    */
   readonly password?: string | Redacted.Redacted<string> | Effect.Effect<Redacted.Redacted<string>> | undefined
   /** An {@link SslMode}, or Node TLS options for full control. Default: the URL's `sslmode`, else `disable`. */
   readonly ssl?: SslMode | ConnectionOptions | undefined
   /** Shown in `pg_stat_activity`. Default `@meshhook/pool`. */
   readonly applicationName?: string | undefined
+  /** A Unix-domain socket to connect through instead of TCP (then `host` is not needed). */
+  readonly path?: string | undefined
+  /** Session settings sent in every connection's startup packet, as `PgClient`'s option of the name. */
+  readonly startupParameters?: Readonly<Record<string, string>> | undefined
+  /** PostgreSQL's startup `options` string (`-c name=value ...`), as `PgClient`'s. */
+  readonly startupOptions?: string | undefined
+  /** Idle time before TCP keepalive probes start, as `PgClient`'s. */
+  readonly keepAlive?: Duration.Input | undefined
+  /** A custom transport instead of a socket (then `host` is not needed), as `PgClient`'s. */
+  readonly stream?: (() => Duplex) | undefined
+  /** Type parsers and serializers (`PgTypes.Registry`), for custom types. */
+  readonly types?: PgTypes.Registry | undefined
+  /** Largest message accepted from the server, in bytes. Default 16 MiB. */
+  readonly maxMessageSize?: number | undefined
+  /** Attributes added to every statement's span. */
+  readonly spanAttributes?: Readonly<Record<string, unknown>> | undefined
 
   /** The pool's name in metrics, logs and traces. Default `default`. */
   readonly name?: string | undefined
@@ -209,6 +228,17 @@ export interface Options {
   readonly tenantTelemetry?: "plain" | "hashed" | "off" | undefined
   /** Distinct tenant values in the per-tenant metric series; the rest are counted as `other`. Default 100. */
   readonly tenantMetricsLimit?: number | undefined
+
+  /** `PgClient`'s name for `max`. */
+  readonly maxConnections?: number | undefined
+  /** `PgClient`'s name for `min`. */
+  readonly minConnections?: number | undefined
+  /** `PgClient`'s name for `maxLifetime`. */
+  readonly connectionTTL?: Duration.Input | undefined
+  /** As `PgClient`'s: `false` gives every statement a connection of its own (`pipelineDepth: 1`); `true` is the default. */
+  readonly multiplex?: boolean | undefined
+  /** `PgClient`'s name for `pipelineDepth`. */
+  readonly multiplexConcurrency?: number | undefined
 }
 
 /**
@@ -293,6 +323,7 @@ export interface Resolved {
   readonly tenantMaxQueued: number
   readonly tenantTelemetry: "plain" | "hashed" | "off"
   readonly tenantMetricsLimit: number
+  readonly spanAttributes: Readonly<Record<string, unknown>>
   /** What the driver is given for each physical connection; holds the password. */
   readonly connection: PgConnection.Config
 }
@@ -561,6 +592,19 @@ const tlsFor = (mode: SslMode): Pick<PgConnection.Config, "ssl" | "url"> => {
   }
 }
 
+/** `PgClient`'s connection settings the pool has no use for itself: to the driver as they are. */
+const driverSettings = (options: Options): Partial<PgConnection.Config> => {
+  const settings: { -readonly [K in keyof PgConnection.Config]?: PgConnection.Config[K] } = {}
+  if (options.path !== undefined) settings.path = options.path
+  if (options.startupParameters !== undefined) settings.startupParameters = options.startupParameters
+  if (options.startupOptions !== undefined) settings.startupOptions = options.startupOptions
+  if (options.keepAlive !== undefined) settings.keepAlive = options.keepAlive
+  if (options.stream !== undefined) settings.stream = options.stream
+  if (options.types !== undefined) settings.types = options.types
+  if (options.maxMessageSize !== undefined) settings.maxMessageSize = options.maxMessageSize
+  return settings
+}
+
 const asRedacted = (
   password: NonNullable<Options["password"]>
 ): Redacted.Redacted<string> | Effect.Effect<Redacted.Redacted<string>> =>
@@ -572,8 +616,10 @@ const asRedacted = (
  * @since 0.1.0
  * @category constructors
  */
-export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigError> =>
+export const resolve = (given: Options): Effect.Effect<Resolved, PoolConfigError> =>
   Effect.suspend(() => {
+    const options = OptionNames.canonical(given)
+    if (options instanceof PoolConfigError) return Effect.fail(options)
     const checks: Array<Check<unknown>> = []
     const check = <A>(result: Check<A>): A => {
       checks.push(result)
@@ -589,18 +635,16 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
     const url = rawUrl === undefined ? {} : check(parseUrl(rawUrl))
     if (firstError()) return Effect.fail(firstError()!)
 
-    const host = options.host ?? url.host
+    // A socket path or a custom transport stands in for the host (it still names the server in telemetry).
+    const host = options.host ?? url.host ?? options.path ?? (options.stream === undefined ? undefined : "stream")
     if (host === undefined || host.trim() === "" || host.includes("\0")) {
-      check(bad("host", host, "no host given (set url or host)"))
+      check(bad("host", host, "no host given (set url, host or path)"))
     }
     const port = options.port ?? url.port ?? defaults.port
     if (!Number.isInteger(port) || port < 1 || port > 65535) check(bad("port", port, "must be a port between 1 and 65535"))
     const username = options.username ?? url.username
     if (username === undefined || username === "") check(bad("username", username, "no username given (set url or username)"))
     const password = options.password ?? url.password
-    if (password === undefined) {
-      check(bad("password", "<missing>", "no password given (set it in url or password; \"\" for a server that asks none)"))
-    }
     const database = options.database ?? url.database ?? username ?? ""
 
     let ssl: Pick<PgConnection.Config, "ssl" | "url">
@@ -791,17 +835,19 @@ export const resolve = (options: Options): Effect.Effect<Resolved, PoolConfigErr
       tenantMaxQueued,
       tenantTelemetry,
       tenantMetricsLimit,
+      spanAttributes: options.spanAttributes ?? {},
       connection: {
         ...ssl,
         host: host!,
         port,
         database,
         username: username!,
-        password: asRedacted(password!),
+        ...(password === undefined ? {} : { password: asRedacted(password) }),
         applicationName,
         connectTimeout: Duration.millis(connectTimeout),
         prepare,
-        preparedStatementCacheSize
+        preparedStatementCacheSize,
+        ...driverSettings(options)
       }
     })
   })

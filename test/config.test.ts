@@ -60,7 +60,6 @@ describe("PoolConfig.resolve", () => {
     ["no host", { username: "app", password: secret }, "host"],
     ["a port out of range", { ...valid, port: 0 }, "port"],
     ["no username", { host: "h", password: secret }, "username"],
-    ["no password", { host: "h", username: "app" }, "password"],
     ["min above max", { ...valid, min: 5, max: 2 }, "min"],
     ["a negative min", { ...valid, min: -1 }, "min"],
     ["a zero max", { ...valid, max: 0 }, "max"],
@@ -79,6 +78,51 @@ describe("PoolConfig.resolve", () => {
     ["a pool name with spaces", { ...valid, name: "my pool" }, "name"],
     ["an application name over 63 bytes", { ...valid, applicationName: "x".repeat(64) }, "applicationName"]
   ]
+  const names: ReadonlyArray<readonly [string, Record<string, unknown>, string, RegExp]> = [
+    ["a misspelt option", { ...valid, maxConnection: 8 }, "maxConnection", /did you mean maxConnections\?/],
+    ["a key that is no option, whose value may be a secret", { ...valid, passwd: secret }, "passwd", /did you mean password\?/],
+    ["a key far from every option", { ...valid, flux: 1 }, "flux", /^not an option of the pool$/],
+    ["a PgClient name that says otherwise than the pool's own", { ...valid, max: 5, maxConnections: 8 }, "maxConnections", /max \(5\)/],
+    ["multiplex: false beside a pipelineDepth above 1", { ...valid, multiplex: false, pipelineDepth: 8 }, "multiplex", /pipelineDepth/]
+  ]
+  for (const [what, options, field, reason] of names) {
+    it.effect(`rejects ${what}, naming it`, () =>
+      Effect.gen(function*() {
+        const error = yield* configError(options as PoolConfig.Options)
+        assert.strictEqual(error.field, field)
+        assert.match(error.reason, reason)
+        assert.notInclude(JSON.stringify(error), secret)
+      }))
+  }
+
+  it.effect("reads PgClient's option names with the same meaning", () =>
+    Effect.gen(function*() {
+      const resolved = yield* PoolConfig.resolve({
+        ...valid,
+        maxConnections: 7,
+        minConnections: 2,
+        connectionTTL: "10 minutes",
+        multiplexConcurrency: 4,
+        startupParameters: { statement_timeout: "1234" },
+        keepAlive: "30 seconds",
+        spanAttributes: { service: "worker" }
+      })
+      assert.deepStrictEqual([resolved.max, resolved.min, resolved.maxLifetime, resolved.pipelineDepth], [7, 2, 600_000, 4])
+      assert.deepStrictEqual(resolved.connection.startupParameters, { statement_timeout: "1234" })
+      assert.strictEqual(resolved.connection.keepAlive, "30 seconds")
+      assert.deepStrictEqual(resolved.spanAttributes, { service: "worker" })
+      assert.strictEqual((yield* PoolConfig.resolve({ ...valid, multiplex: false })).pipelineDepth, 1)
+      assert.strictEqual((yield* PoolConfig.resolve({ ...valid, max: 6, maxConnections: 6 })).max, 6)
+    }))
+
+  it.effect("needs no password: the server says whether it wants one", () =>
+    Effect.gen(function*() {
+      const resolved = yield* PoolConfig.resolve({ url: "postgres://app@db.internal/meshhook" })
+      assert.isUndefined(resolved.connection.password)
+      const socket = yield* PoolConfig.resolve({ path: "/var/run/postgresql/.s.PGSQL.5432", username: "app" })
+      assert.strictEqual(socket.connection.path, "/var/run/postgresql/.s.PGSQL.5432")
+    }))
+
   for (const [what, options, field] of cases) {
     it.effect(`rejects ${what} naming ${field}`, () =>
       Effect.gen(function*() {

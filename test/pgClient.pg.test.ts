@@ -5,13 +5,17 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as PgTypes from "@effect/sql-pg/PgTypes"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
+import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import { SqlError } from "effect/sql/SqlError"
+import * as Pool from "../src/Pool.ts"
 import * as Tenant from "../src/Tenant.ts"
 import { admin, backends, behindPooler, databaseUrl, eventually, loginOf, poolLayer, uniqueName } from "./support/pg.ts"
 
@@ -119,4 +123,40 @@ describe("Pool as PgClient", () => {
       assert.strictEqual(payload, "after the loss")
     }).pipe(Effect.provide(poolLayer({ applicationName: app, min: 0, max: 2 })))
   })
+
+  it.live("takes PgClient's options: startup parameters reach every session, custom type parsers read the rows", () => {
+    const types = PgTypes.makeRegistry()
+    types.register(PgTypes.OID.bool, {
+      encode: (value: string) => Result.succeed(Uint8Array.of(value === "yes" ? 1 : 0)),
+      decode: (bytes) => Result.succeed(bytes[0] === 1 ? "yes" : "no")
+    })
+    return Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      // A lone statement (on a shared connection), and one in a tenant's transaction.
+      const [lone] = yield* pg<{ timeout: string; flag: string }>`SELECT current_setting('statement_timeout') AS timeout, true AS flag`
+      const [inTransaction] = yield* Tenant.with(
+        pg.withTransaction(pg<{ timeout: string; flag: string }>`SELECT current_setting('statement_timeout') AS timeout, false AS flag`),
+        "tenant-a"
+      )
+      // PgBouncer refuses startup parameters it does not know (ignore_startup_parameters): directly only.
+      const timeout = direct ? "1234ms" : "0"
+      assert.deepStrictEqual(lone, { timeout, flag: "yes" })
+      assert.deepStrictEqual(inTransaction, { timeout, flag: "no" })
+    }).pipe(Effect.provide(poolLayer({
+      maxConnections: 2,
+      ...(direct ? { startupParameters: { statement_timeout: "1234" } } : {}),
+      types
+    })))
+  })
+
+  it.live.skipIf(!direct)("starts without a password, and fails typed, naming it, when the server asks for one", () =>
+    Effect.gen(function*() {
+      const url = new URL(databaseUrl())
+      url.password = ""
+      const exit = yield* Effect.exit(Layer.build(Pool.layer({ url: url.toString(), initializationTimeout: 500 })).pipe(Effect.scoped))
+      const error = Exit.findErrorOption(exit)
+      assert.isTrue(error._tag === "Some" && error.value._tag === "DatabaseUnavailableError", `got ${String(exit)}`)
+      const message = error._tag === "Some" ? error.value.message : ""
+      assert.match(message, /password/i)
+    }))
 })

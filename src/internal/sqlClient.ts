@@ -393,6 +393,7 @@ export const make = (
     commit: (connection) => (connection as Lease).commit,
     releaseSavepoint: (name) => `RELEASE SAVEPOINT ${name}`,
     spanAttributes: [
+      ...Object.entries(options.spanAttributes),
       ["db.system.name", "postgresql"],
       ["db.namespace", options.database],
       ["server.address", options.host],
