@@ -25,3 +25,6 @@ export * as Retry from "./Retry.ts"
 
 /** The pool's metrics, named as the OpenTelemetry database conventions say. @since 0.1.0 */
 export * as Metrics from "./Metrics.ts"
+
+/** PostgreSQL notifications as a stream that listens again after a lost connection. @since 0.1.0 */
+export * as Notifications from "./Notifications.ts"

@@ -18,8 +18,12 @@ import type * as PoolConfig from "../PoolConfig.ts"
 /** The custom fragment `PgClient.makeCompiler` binds as `jsonb` (the pool's layer compiles with it). */
 const pgJson = Statement.custom<Statement.Custom<"PgJson", unknown, void, void>>("PgJson")
 
-/** PostgreSQL truncates identifiers past 63 bytes, so a longer channel would listen on another name. */
-const channelTooLong = (channel: string, operation: string): SqlError | undefined =>
+/**
+ * PostgreSQL truncates identifiers past 63 bytes, so a longer channel would listen on another name.
+ *
+ * @internal
+ */
+export const channelTooLong = (channel: string, operation: string): SqlError | undefined =>
   Buffer.byteLength(channel, "utf8") <= 63 ? undefined : new SqlError({
     reason: new UnknownError({
       cause: new Error("channel name too long"),

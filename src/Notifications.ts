@@ -1,0 +1,152 @@
+/**
+ * PostgreSQL notifications as a stream that outlives the connection they
+ * arrive on.
+ *
+ * `PgClient.listen` (which the pool's layer provides) ends its queue with
+ * the connection: a worker that waits on it must notice, listen again, and
+ * know that whatever was sent in between is lost. `Notifications.stream`
+ * does that for it: when the connection is lost it logs a warning, counts
+ * the gap (`meshhook.pool.notifications.gaps`), listens again with backoff
+ * until the server answers, and then emits a {@link Missed} event, so the
+ * consumer knows to look at the table itself (the state a notification
+ * announces must be in the database: a notification is a hint to look, never
+ * the only copy). It works on any `PgClient`, the pool's or
+ * `@effect/sql-pg`'s own.
+ *
+ * ```ts
+ * Notifications.stream("job_queue").pipe(
+ *   Stream.runForEach((event) => event._tag === "Received" ? wake : pollEverything)
+ * )
+ * ```
+ *
+ * Backpressure: notifications wait in memory until the consumer takes them;
+ * a slow consumer holds memory, never the connection or the other
+ * subscribers. With the pool's layer, every channel and subscriber share one
+ * dedicated connection, opened beyond `max` while anyone listens.
+ *
+ * @since 0.1.0
+ */
+import * as PgClient from "@effect/sql-pg/PgClient"
+import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as Queue from "effect/Queue"
+import type { SqlError } from "effect/sql/SqlError"
+import * as Stream from "effect/Stream"
+import { channelTooLong } from "./internal/pgClient.ts"
+import * as PoolError from "./PoolError.ts"
+
+/**
+ * A notification as the server sent it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Received {
+  readonly _tag: "Received"
+  readonly notification: PgConnection.Notification
+}
+
+/**
+ * Listening stopped (the connection was lost, with `cause`) and has started
+ * again: notifications sent in between were not received.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Missed {
+  readonly _tag: "Missed"
+  readonly channels: ReadonlyArray<string>
+  readonly cause: SqlError
+}
+
+/**
+ * What {@link stream} emits.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Event = Received | Missed
+
+/**
+ * How {@link stream} listens again after a loss: the first pause, doubling up
+ * to the longest, while the server does not answer.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  readonly retryBase?: Duration.Input | undefined
+  readonly retryMax?: Duration.Input | undefined
+}
+
+/**
+ * Gaps in listening, by channel set: each a span of time whose notifications
+ * were lost.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const gaps = Metric.counter("meshhook.pool.notifications.gaps", {
+  description: "Times listening for notifications stopped with a lost connection and started again",
+  attributes: { unit: "{gap}" },
+  incremental: true
+})
+
+/**
+ * The notifications of `channels`, and a {@link Missed} event after each
+ * gap, for as long as the stream runs. It fails only where `listen` itself
+ * refuses for good (a channel name that is too long, `listen` behind a
+ * transaction-mode pooler); lost connections are waited out.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const stream = (
+  channels: string | ReadonlyArray<string>,
+  options: Options = {}
+): Stream.Stream<Event, SqlError, PgClient.PgClient> => {
+  const names = typeof channels === "string" ? [channels] : [...channels]
+  const refused = names.map((name) => channelTooLong(name, "listen")).find((error) => error !== undefined)
+  if (refused !== undefined) return Stream.fail(refused)
+  const base = Duration.toMillis(Duration.fromInputUnsafe(options.retryBase ?? 100))
+  const max = Duration.toMillis(Duration.fromInputUnsafe(options.retryMax ?? 5_000))
+  return Stream.callback<Event, SqlError, PgClient.PgClient>((out) =>
+    Effect.gen(function*() {
+      const pg = yield* PgClient.PgClient
+      let missed: SqlError | undefined
+      let failures = 0
+      /** Listens to every channel, then forwards until a queue fails with the connection. */
+      const session = Effect.scoped(Effect.gen(function*() {
+        const queues = yield* Effect.forEach(names, (name) => pg.listen(name))
+        failures = 0
+        if (missed !== undefined) yield* Queue.offer(out, { _tag: "Missed", channels: names, cause: missed })
+        missed = undefined
+        yield* Effect.forEach(
+          queues,
+          (queue) =>
+            Effect.forever(Effect.flatMap(Queue.take(queue), (notification) => Queue.offer(out, { _tag: "Received", notification }))),
+          { concurrency: "unbounded", discard: true }
+        )
+      }))
+      return yield* Effect.forever(Effect.catch(session, (error) => {
+        // Behind a transaction-mode pooler no later attempt would do better.
+        if (PoolError.fromSqlError(error)?._tag === "SessionStateNotAllowedError") return Queue.fail(out, error)
+        const first = missed === undefined
+        missed ??= error
+        failures++
+        const pause = Math.min(max, base * 2 ** Math.min(failures - 1, 20))
+        return Effect.andThen(
+          first
+            ? Effect.andThen(
+              Metric.update(gaps, 1),
+              Effect.logWarning(`Listening on ${names.join(", ")} stopped (${error.message}); notifications sent until it starts again are lost`)
+            )
+            : Effect.void,
+          Effect.sleep(pause)
+        )
+      }))
+    })
+  )
+}
