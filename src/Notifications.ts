@@ -7,15 +7,17 @@
  * know that whatever was sent in between is lost. `Notifications.stream`
  * does that for it: when the connection is lost it logs a warning, counts
  * the gap (`meshhook.pool.notifications.gaps`), listens again with backoff
- * until the server answers, and then emits a {@link Missed} event, so the
- * consumer knows to look at the table itself (the state a notification
- * announces must be in the database: a notification is a hint to look, never
- * the only copy). It works on any `PgClient`, the pool's or
+ * until the server answers. Each time listening starts, first or again, it
+ * emits a {@link Listening} event (saying, after a gap, that notifications
+ * were missed): the moment for the consumer to look at the table itself, as
+ * anything announced before it may not arrive (the state a notification
+ * announces must be in the database: a notification is a hint to look,
+ * never the only copy). It works on any `PgClient`, the pool's or
  * `@effect/sql-pg`'s own.
  *
  * ```ts
  * Notifications.stream("job_queue").pipe(
- *   Stream.runForEach((event) => event._tag === "Received" ? wake : pollEverything)
+ *   Stream.runForEach((event) => event._tag === "Received" ? wake(event.notification) : pollEverything)
  * )
  * ```
  *
@@ -49,16 +51,17 @@ export interface Received {
 }
 
 /**
- * Listening stopped (the connection was lost, with `cause`) and has started
- * again: notifications sent in between were not received.
+ * Listening has started: notifications sent from now on arrive. `missed` is
+ * set when it started again after the connection was lost (how it was
+ * lost): notifications sent in between were not received.
  *
  * @since 0.1.0
  * @category models
  */
-export interface Missed {
-  readonly _tag: "Missed"
+export interface Listening {
+  readonly _tag: "Listening"
   readonly channels: ReadonlyArray<string>
-  readonly cause: SqlError
+  readonly missed: SqlError | undefined
 }
 
 /**
@@ -67,7 +70,7 @@ export interface Missed {
  * @since 0.1.0
  * @category models
  */
-export type Event = Received | Missed
+export type Event = Received | Listening
 
 /**
  * How {@link stream} listens again after a loss: the first pause, doubling up
@@ -95,8 +98,8 @@ export const gaps = Metric.counter("meshhook.pool.notifications.gaps", {
 })
 
 /**
- * The notifications of `channels`, and a {@link Missed} event after each
- * gap, for as long as the stream runs. It fails only where `listen` itself
+ * The notifications of `channels`, after a {@link Listening} event each time
+ * listening starts, for as long as the stream runs. It fails only where `listen` itself
  * refuses for good (a channel name that is too long, `listen` behind a
  * transaction-mode pooler); lost connections are waited out.
  *
@@ -121,7 +124,7 @@ export const stream = (
       const session = Effect.scoped(Effect.gen(function*() {
         const queues = yield* Effect.forEach(names, (name) => pg.listen(name))
         failures = 0
-        if (missed !== undefined) yield* Queue.offer(out, { _tag: "Missed", channels: names, cause: missed })
+        yield* Queue.offer(out, { _tag: "Listening", channels: names, missed })
         missed = undefined
         yield* Effect.forEach(
           queues,

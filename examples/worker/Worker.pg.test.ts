@@ -5,7 +5,10 @@
  */
 import { assert, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
+import * as Stream from "effect/Stream"
 import { PgTest } from "../../src/testing/index.ts"
 import { Webhook, WebhookError } from "./Worker.ts"
 import * as Worker from "./Worker.ts"
@@ -52,7 +55,8 @@ const eventsOf = (run: string) =>
   Effect.flatMap(Effect.service(PgTest.Database), (db) =>
     db.admin("SELECT type, project_id::text AS project FROM workflow_events WHERE run_id = $1 ORDER BY ts, id", [run]))
 
-layer(database)("Worker.processNext, on a real database", (it) => {
+// Live clock: the listening worker sleeps and times out for real.
+layer(database, { excludeTestServices: true })("Worker.processNext, on a real database", (it) => {
   it.effect("runs a run to the end, one step per job, as the run's tenant", () =>
     Effect.gen(function*() {
       const { project, run } = yield* seedRun
@@ -97,4 +101,23 @@ layer(database)("Worker.processNext, on a real database", (it) => {
       )
       assert.deepStrictEqual(job, { read_ct: 1, later: true })
     }).pipe(Effect.provide(webhook(503))))
+
+  it.effect("listening: an idle worker wakes on a producer's notification, long before its poll", () =>
+    Effect.gen(function*() {
+      const outcomes = yield* Queue.unbounded<Worker.Outcome>()
+      const worker = yield* Effect.forkChild(
+        Worker.listening({ pollInterval: "1 hour" }).pipe(Stream.runForEach((outcome) => Queue.offer(outcomes, outcome)))
+      )
+      // Listening has started and the queue has been looked at: nothing visible (the retried job waits out its delay).
+      assert.strictEqual(yield* Queue.take(outcomes), "idle")
+      const { run } = yield* seedRun
+      const db = yield* PgTest.Database
+      yield* db.admin("SELECT pg_notify($1, '')", [Worker.jobsChannel])
+      // Without the notification the worker would sleep for an hour.
+      const next = yield* Queue.take(outcomes).pipe(Effect.timeout("20 seconds"))
+      assert.strictEqual(next, "advanced")
+      const events = yield* eventsOf(run)
+      assert.deepStrictEqual(events.map((e) => e.type), ["run_created", "step_started", "step_succeeded"])
+      yield* Fiber.interrupt(worker)
+    }).pipe(Effect.provide(webhook())))
 })

@@ -9,12 +9,21 @@
  * events and append `step_started`; call the webhook with no connection held;
  * as the tenant again, append the outcome and either advance the run (or
  * finish it) and acknowledge the job, or leave the job for a retry.
+ *
+ * Between jobs, `listening` waits on `LISTEN` for a producer's notification
+ * rather than polling an empty queue (docs/compatibility.md says when that
+ * pays and what it costs the database).
  */
+import type * as PgClient from "@effect/sql-pg/PgClient"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Queue from "effect/Queue"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
+import * as Stream from "effect/Stream"
+import * as Notifications from "../../src/Notifications.ts"
 import * as Tenant from "../../src/Tenant.ts"
 
 /** A claimed job. */
@@ -116,3 +125,36 @@ export const processNext: Effect.Effect<Outcome, SqlError, SqlClient.SqlClient |
       : failStep(sql, job, response.failure.status)
   )
 })
+
+/** The channel producers notify when they queue a job; the payload says nothing (a hint to look, not the job). */
+export const jobsChannel = "job_queue"
+
+/**
+ * The worker's turns as a stream of their outcomes. After an idle turn it
+ * waits for a notification on {@link jobsChannel}, or `pollInterval` at the
+ * latest (a notification sent while the listening connection was being
+ * replaced is lost; the poll bounds how long that can delay a job). It looks
+ * at the queue first once listening has started, so nothing queued before
+ * is left waiting.
+ */
+export const listening = (options: { readonly pollInterval: Duration.Input }): Stream.Stream<
+  Outcome,
+  SqlError,
+  SqlClient.SqlClient | PgClient.PgClient | Webhook
+> =>
+  Stream.unwrap(Effect.gen(function*() {
+    // One pending wake-up is enough: however many notifications came, the next turn looks at the whole queue.
+    const wake = yield* Queue.sliding<void>(1)
+    yield* Notifications.stream(jobsChannel).pipe(
+      Stream.runForEach(() => Queue.offer(wake, undefined)),
+      Effect.tapCause((cause) => Effect.logWarning("Not listening for jobs; polling only", cause)),
+      Effect.forkScoped
+    )
+    yield* Queue.take(wake)
+    let idle = false
+    const nap = Effect.raceFirst(Queue.take(wake), Effect.sleep(options.pollInterval))
+    return Stream.fromEffectRepeat(Effect.andThen(
+      Effect.suspend(() => idle ? nap : Effect.void),
+      Effect.tap(processNext, (outcome) => Effect.sync(() => idle = outcome === "idle"))
+    ))
+  }))

@@ -28,7 +28,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type * as SqlClient from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { createHash, randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
@@ -233,7 +232,7 @@ const serverUrl = (given: Options["adminUrl"]) =>
 export const environment = { adminUrl: "PGPOOL_TEST_ADMIN_URL" } as const
 
 /**
- * The pool's services (`Pool`, `SqlClient`) on a fresh test database, and
+ * The pool's services (`Pool`, `SqlClient`, `PgClient`) on a fresh test database, and
  * {@link Database} to seed and inspect it. Closing the scope closes the pool,
  * then drops the database (and stops the server, if the layer started one).
  *
@@ -243,7 +242,7 @@ export const environment = { adminUrl: "PGPOOL_TEST_ADMIN_URL" } as const
 export const layer = (
   options: Options = {}
 ): Layer.Layer<
-  Pool.Pool | SqlClient.SqlClient | Database,
+  Pool.Services | Database,
   PgTestError | PgServer.PgServerError | Config.ConfigError | PoolError.PoolConfigError | PoolError.DatabaseUnavailableError
 > =>
   Layer.unwrap(Effect.gen(function*() {
