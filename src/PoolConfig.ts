@@ -57,8 +57,12 @@ export interface Options {
    * when none is given fails the connection with an authentication error.
    */
   readonly password?: string | Redacted.Redacted<string> | Effect.Effect<Redacted.Redacted<string>> | undefined
-  /** An {@link SslMode}, or Node TLS options for full control. Default: the URL's `sslmode`, else `disable`. */
-  readonly ssl?: SslMode | ConnectionOptions | undefined
+  /**
+   * An {@link SslMode}, or Node TLS options for full control; `PgClient`'s
+   * `true` and `false` mean `verify-full` and `disable`. Default: the URL's
+   * `sslmode`, else `disable`.
+   */
+  readonly ssl?: SslMode | ConnectionOptions | boolean | undefined
   /** Shown in `pg_stat_activity`. Default `@meshhook/pool`. */
   readonly applicationName?: string | undefined
   /** A Unix-domain socket to connect through instead of TCP (then `host` is not needed). */
@@ -648,7 +652,10 @@ export const resolve = (given: Options): Effect.Effect<Resolved, PoolConfigError
     const database = options.database ?? url.database ?? username ?? ""
 
     let ssl: Pick<PgConnection.Config, "ssl" | "url">
-    const sslInput = options.ssl ?? url.sslmode ?? "disable"
+    // `PgClient`'s booleans: `true` checks the chain and the host name, as the driver does with it.
+    const sslInput = typeof options.ssl === "boolean"
+      ? (options.ssl ? "verify-full" : "disable")
+      : options.ssl ?? url.sslmode ?? "disable"
     if (typeof sslInput === "string") {
       if (!sslModes.includes(sslInput as SslMode)) {
         check(bad(options.ssl === undefined ? "url" : "ssl", sslInput, `unknown SSL mode; use one of ${sslModes.join(", ")}`))

@@ -112,6 +112,8 @@ describe("PoolConfig.resolve", () => {
       assert.strictEqual(resolved.connection.keepAlive, "30 seconds")
       assert.deepStrictEqual(resolved.spanAttributes, { service: "worker" })
       assert.strictEqual((yield* PoolConfig.resolve({ ...valid, multiplex: false })).pipelineDepth, 1)
+      assert.strictEqual((yield* PoolConfig.resolve({ ...valid, ssl: true })).connection.ssl, true)
+      assert.strictEqual((yield* PoolConfig.resolve({ ...valid, ssl: false })).connection.ssl, false)
       assert.strictEqual((yield* PoolConfig.resolve({ ...valid, max: 6, maxConnections: 6 })).max, 6)
     }))
 
