@@ -12,7 +12,8 @@ const throughPgBouncer = [
   "test/adversarial.pg.test.ts",
   "test/faults.pg.test.ts",
   "test/pgClient.pg.test.ts",
-  "test/notifications.pg.test.ts"
+  "test/notifications.pg.test.ts",
+  "test/compatibility.pg.test.ts"
 ]
 
 // CI installs PgBouncer and requires it; elsewhere the suites run directly when it is missing.

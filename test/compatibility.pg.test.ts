@@ -7,11 +7,16 @@ import { assert, describe, it } from "@effect/vitest"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgMigrator from "@effect/sql-pg/PgMigrator"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FileSystem from "effect/FileSystem"
 import * as Layer from "effect/Layer"
 import * as Path from "effect/Path"
+import * as KeyValueStore from "effect/persistence/KeyValueStore"
+import * as PersistedQueue from "effect/persistence/PersistedQueue"
 import * as ChildProcessSpawner from "effect/process/ChildProcessSpawner"
 import * as SqlClient from "effect/sql/SqlClient"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
 import * as String from "effect/String"
 import { poolLayer, uniqueName } from "./support/pg.ts"
 
@@ -76,4 +81,41 @@ describe("PgClient programs on the pool's layer", () => {
       }))
       assert.strictEqual(pids[0], pids[1])
     }).pipe(Effect.provide(poolLayer({ max: 4 }))))
+
+  it.live("the SQL-backed KeyValueStore keeps strings and bytes", () => {
+    const table = uniqueName("kv")
+    return Effect.gen(function*() {
+      const store = yield* KeyValueStore.KeyValueStore
+      yield* store.set("job:1", "claimed")
+      yield* store.set("blob", Uint8Array.of(0, 1, 254, 255))
+      assert.strictEqual(yield* store.get("job:1"), "claimed")
+      assert.deepStrictEqual(yield* store.getUint8Array("blob"), Uint8Array.of(0, 1, 254, 255))
+      assert.strictEqual(yield* store.size, 2)
+      yield* store.remove("job:1")
+      assert.isFalse(yield* store.has("job:1"))
+      assert.isUndefined(yield* store.get("missing"))
+    }).pipe(Effect.provide(KeyValueStore.layerSql({ table }).pipe(Layer.provideMerge(poolLayer()))))
+  })
+
+  it.live("the SQL-backed PersistedQueue delivers each element once, and again after a failed attempt", () => {
+    const tableName = uniqueName("queue")
+    return Effect.gen(function*() {
+      const queue = yield* PersistedQueue.make({ name: "jobs", schema: Schema.Struct({ step: Schema.Number }), retrySchedule: Schedule.spaced(0) })
+      yield* queue.offer({ step: 1 }, { id: "a" })
+      yield* queue.offer({ step: 1 }, { id: "a" }) // a duplicate id is not queued again
+      yield* queue.offer({ step: 2 }, { id: "b" })
+      const first = yield* Effect.exit(queue.take((value, meta) => Effect.fail(`attempt ${meta.attempts} of step ${value.step}`)))
+      assert.isTrue(Exit.isFailure(first))
+      const taken: Array<string> = []
+      for (let i = 0; i < 2; i++) {
+        yield* queue.take((value, meta) => Effect.sync(() => taken.push(`${meta.id}:${value.step}:${meta.attempts}`)))
+      }
+      assert.sameMembers(taken, ["a:1:2", "b:2:1"])
+    }).pipe(Effect.provide(
+      PersistedQueue.layer.pipe(
+        Layer.provide(PersistedQueue.layerStoreSql({ tableName, pollInterval: 50 })),
+        Layer.provideMerge(poolLayer())
+      )
+    ))
+  })
 })
