@@ -20,6 +20,7 @@
  * | `meshhook.pool.limit.changes` (`meshhook.pool.limit.change`: trial_down / trial_up / revert / refused) | incremental counter | {change} |
  * | `meshhook.pool.tenant.wait_time` (`meshhook.tenant`) | histogram | s |
  * | `meshhook.pool.tenant.rejections` (`meshhook.tenant`, reason) | incremental counter | {request} |
+ * | `meshhook.pool.notifications.gaps` (`Notifications.gaps`) | incremental counter | {gap} |
  *
  * The tenant series have at most `tenantMetricsLimit` tenant values; the
  * rest are folded into `other`.
