@@ -16,6 +16,12 @@ const throughPgBouncer = [
   "test/compatibility.pg.test.ts"
 ]
 
+/**
+ * Suites that judge throughput the pool measures itself (adaptive sizing learns from it): they run after
+ * the others, alone, so that the rest of the suite does not load the machine under them.
+ */
+const alone = ["test/sizing.pg.test.ts"]
+
 // CI installs PgBouncer and requires it; elsewhere the suites run directly when it is missing.
 const withPgBouncer = findBinary() !== undefined || process.env.MESHHOOK_REQUIRE_PGBOUNCER === "1"
 
@@ -29,8 +35,13 @@ export default defineConfig({
         test: {
           name: "direct",
           include: ["test/**/*.test.ts", "examples/**/*.test.ts"],
+          exclude: alone,
           globalSetup: ["test/support/globalSetup.ts"]
         }
+      },
+      {
+        extends: true,
+        test: { name: "alone", include: alone, globalSetup: ["test/support/globalSetup.ts"], sequence: { groupOrder: 1 } }
       },
       ...(withPgBouncer
         ? [{
