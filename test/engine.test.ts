@@ -644,6 +644,31 @@ describe("engine", () => {
         pool.release(proved)
       }))
 
+    it.effect("a connection whose proof times out costs the caller one more wait of acquireTimeout, counted once", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const rejected: Array<string> = []
+        const pool = yield* makeEngine(script, {
+          max: 1,
+          validationThreshold: 1_000,
+          validationTimeout: 1_000,
+          acquireTimeout: 5_000,
+          events: { rejected: (reason) => rejected.push(reason) }
+        })
+        const first = yield* pool.acquire(alone)
+        pool.release(first)
+        yield* TestClock.adjust(1_001)
+        script.hangOnValidation.add(first.connection.id)
+        // Its replacement never comes.
+        script.connectDelay = 3_600_000
+        const caller = yield* Effect.forkChild(Effect.flip(pool.acquire(alone)))
+        yield* TestClock.adjust(1_000 + 5_000)
+        const exit = caller.pollUnsafe()
+        assert.isDefined(exit, "still waiting after acquireTimeout: the failed wait was retried")
+        assert.strictEqual(exit?._tag === "Success" ? exit.value._tag : undefined, "PoolTimeoutError")
+        assert.deepStrictEqual(rejected, ["timeout"])
+      }))
+
     it.effect("pings idle connections every keepaliveInterval and replaces the dead ones", () =>
       Effect.gen(function*() {
         const script = makeScript()

@@ -628,18 +628,19 @@ export const make = <C>(
 
     /**
      * Proves a connection that sat idle too long before lending it; a dead one
-     * is closed and the caller tries again, within its own deadline.
+     * (its proof failed or took longer than `validationTimeout`) is closed and
+     * the caller waits once more, as a newcomer: at most `validationTimeout`
+     * plus `acquireTimeout` in all. Only the proof's failure leads there, never
+     * that second wait's own.
      */
     const validated = (entry: Entry<C>, request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
       connector.validate(entry.connection).pipe(
         Effect.timeoutOption(options.validationTimeout),
+        Effect.map((proved) => proved._tag === "Some"),
+        Effect.catch(() => Effect.succeed(false)),
         Effect.onInterrupt(() => Effect.sync(() => invalidate(entry))),
-        Effect.flatMap((ok) => {
-          if (ok._tag === "Some") return Effect.succeed(entry)
-          invalidate(entry)
-          return acquire(request)
-        }),
-        Effect.catch(() => {
+        Effect.flatMap((alive) => {
+          if (alive) return Effect.succeed(entry)
           invalidate(entry)
           return acquire(request)
         })
