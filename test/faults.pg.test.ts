@@ -333,6 +333,28 @@ describe("faults", () => {
         assert.deepStrictEqual(yield* sql`SELECT 1 AS one`, [{ one: 1 }])
       })), 30_000)
 
+  it.live("a backend killed while its connection sits idle costs the next transaction nothing: it runs on another, once", () => {
+    const table = uniqueName("killed_idle")
+    return withPool({ url: databaseUrl(), max: 1 }, ({ sql }) =>
+      Effect.gen(function*() {
+        // The server itself: through PgBouncer, the kill could run on the very server connection it kills.
+        const side = yield* PgConnection.make({ url: Redacted.make(serverUrl()), applicationName: "meshhook-test-killer" })
+        yield* sql`CREATE TABLE ${sql(table)} (n int)`
+        for (let n = 1; n <= 10; n++) {
+          const [row] = yield* sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
+          yield* side.query("SELECT pg_terminate_backend($1)", [row.pid])
+          // At once: the pool has not heard of the loss yet, and the transaction's first cycle meets it.
+          yield* sql.withTransaction(Effect.gen(function*() {
+            yield* sql`INSERT INTO ${sql(table)} VALUES (${n})`
+            yield* sql`SELECT 1`
+          }))
+        }
+        const rows = yield* sql<{ n: number }>`SELECT n FROM ${sql(table)} ORDER BY n`
+        assert.deepStrictEqual(rows.map((row) => row.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        yield* sql`DROP TABLE ${sql(table)}`
+      }))
+  }, 30_000)
+
   it.live("Retry.idempotent rides over a killed backend; Retry.transaction re-runs a serialization failure", () => {
     const table = uniqueName("retry")
     return withPool({ url: databaseUrl(), max: 2 }, ({ sql }) =>

@@ -329,6 +329,8 @@ export class Lease implements Connection {
         this.begin = begin
         this.predicted = before.predicted
         this.pinned = before.pinned
+        // Lost before the lease's first cycle went out (a backend killed while the connection sat idle): nothing ran.
+        if (this.replaceable(retried)) return resume(this.onAnotherConnection(query, reading, begin))
         return resume(this.unwound(reading, refused) ?? Effect.fail(refused))
       }
       return Effect.suspend(() => {
@@ -392,6 +394,9 @@ export class Lease implements Connection {
     retried: boolean
   ): Effect.Effect<Answer, SqlError> {
     const answers = reply.answers
+    // Lost under the lease's first cycle, which opened its transaction: nothing of it can have committed, and
+    // nothing else of the lease went out. (Without a BEGIN of its own, the statement may have committed.)
+    if (begin !== undefined && this.replaceable(retried)) return this.onAnotherConnection(query, reading, begin)
     // Rule 3: the status is the server's once nothing else of the lease is in flight.
     if (this.inFlight === 0) this.predicted = reply.status
     if (reply.status !== "T") this.pinned = false
@@ -448,6 +453,15 @@ export class Lease implements Connection {
    * Retires the connection whose session the prologue refused and sends the
    * cycle again on another (with its `BEGIN`, if it carried the caller's).
    */
+  /**
+   * Whether the lease may go on on another connection: this one is lost, the
+   * cycle that found it so is the lease's first and only one, and it is not
+   * already a second attempt.
+   */
+  private replaceable(retried: boolean): boolean {
+    return !retried && this.sent === 1 && this.inFlight === 0 && this.wire.dead()
+  }
+
   private onAnotherConnection(
     query: Wire.Query | undefined,
     reading: SqlText.Reading | undefined,

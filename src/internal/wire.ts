@@ -121,6 +121,8 @@ export interface Wire {
    * is never called.
    */
   readonly submit: (queries: ReadonlyArray<Query>, reply: (reply: Reply) => void) => SqlError | undefined
+  /** Whether the connection is lost: nothing more can be sent on it, and what was in flight failed. */
+  readonly dead: () => boolean
   /** The transaction status of the last cycle the server answered. */
   readonly status: () => Status
   /** Cycles sent (or waiting to be) and not answered yet. */
@@ -524,6 +526,7 @@ export const make = (session: DriverSession, options: Options): Wire => {
   return {
     processId: session.processId,
     submit,
+    dead: () => session.deadWith() !== undefined,
     status: () => status,
     inFlight: () => inFlight.length + pending.length,
     idle,

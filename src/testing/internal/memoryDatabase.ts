@@ -318,6 +318,7 @@ export class MemoryConnection {
         }
         return undefined
       },
+      dead: () => this.closed,
       status: () => this.status,
       inFlight: () => this.cycles.length + (this.running ? 1 : 0),
       idle: Effect.callback<void>((resume) => {
