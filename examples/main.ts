@@ -20,6 +20,7 @@ import type { SqlError } from "effect/sql/SqlError"
 import { parseArgs } from "node:util"
 import { Observability } from "../src/otel/index.ts"
 import * as Pool from "../src/Pool.ts"
+import * as PoolConfig from "../src/PoolConfig.ts"
 import * as PoolError from "../src/PoolError.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
 import * as Database from "./meshhook/database.ts"
@@ -30,21 +31,24 @@ const usage = `Usage: npm start -- [options]
   --tenants N     projects to seed (default 100)
   --workers N     worker fibers (default 200)
   --duration S    seconds to run (default 15)
-  --max N         pool size (default 8)
+  --max N         pool size (default: PGPOOL_MAX, else 8)
   --http-ms N     duration of the simulated external HTTP call (default 20)
   --otlp          export traces and metrics over OTLP/HTTP (to Jaeger: examples/jaeger/)
   --help          this text
 
 Environment: DATABASE_URL, a superuser URL of an existing PostgreSQL on which a
-fresh database is created (and dropped afterwards); without it a throwaway
-server is started. PGPOOL_* variables tune the pool (docs/configuration.md).
+fresh database and the role mh_worker are created, and dropped afterwards (a
+server that has an mh_worker role already is refused, not changed); without
+it a throwaway server is started. PGPOOL_* variables tune the workers' pool (docs/configuration.md);
+the flags win over them.
 OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) is where --otlp sends.`
 
 interface Flags {
   readonly tenants: number
   readonly workers: number
   readonly duration: number
-  readonly max: number
+  /** Undefined: PGPOOL_MAX, else 8. */
+  readonly max: number | undefined
   readonly httpMillis: number
   readonly otlp: boolean
 }
@@ -58,7 +62,7 @@ const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
         tenants: { type: "string", default: "100" },
         workers: { type: "string", default: "200" },
         duration: { type: "string", default: "15" },
-        max: { type: "string", default: "8" },
+        max: { type: "string" },
         "http-ms": { type: "string", default: "20" },
         otlp: { type: "boolean", default: false },
         help: { type: "boolean", default: false }
@@ -71,16 +75,19 @@ const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
   }
   if (values.help) return ""
   const flags: Record<string, number> = {}
-  for (const [flag, key, min] of [
-    ["tenants", "tenants", 1],
-    ["workers", "workers", 1],
-    ["duration", "duration", 1],
-    ["max", "max", 1],
-    ["http-ms", "httpMillis", 0]
+  for (const [flag, key, min, max] of [
+    ["tenants", "tenants", 1, 100_000],
+    ["workers", "workers", 1, 100_000],
+    ["duration", "duration", 1, 86_400],
+    ["max", "max", 1, 10_000],
+    ["http-ms", "httpMillis", 0, 60_000]
   ] as const) {
-    const text = values[flag] as string
+    const text = values[flag] as string | undefined
+    if (text === undefined) continue
     const value = Number(text)
-    if (!/^\d+$/.test(text) || value < min) return `--${flag} must be a whole number of at least ${min}, not "${text}"`
+    if (!/^\d+$/.test(text) || value < min || value > max) {
+      return `--${flag} must be a whole number from ${min} to ${max.toLocaleString("en-US")}, not "${text}"`
+    }
     flags[key] = value
   }
   return { ...flags, otlp: values.otlp } as unknown as Flags
@@ -99,21 +106,42 @@ const errorName = (exit: Exit.Exit<unknown, SqlError>): string => {
 
 const applicationName = "meshhook-worker"
 
+/**
+ * The pool settings the environment gives (`PGPOOL_*` only: the connection is the demo's own database and
+ * role, whatever `PGHOST` or `PGUSER` say).
+ */
+const tuning = Effect.map(PoolConfig.config(), (options) =>
+  Object.fromEntries(
+    Object.entries(options).filter(([option]) =>
+      PoolConfig.environment[option as keyof typeof PoolConfig.environment]?.startsWith("PGPOOL_")
+    )
+  ) as PoolConfig.Options)
+
+/**
+ * Backpressure from the pool (shedding load, or no connection in time): a worker waits before trying the step
+ * again, longer each time in a row, from 50 ms to 10 s, jittered so that shed workers do not come back
+ * together.
+ */
+const backpressure = Worker.whileBackpressure(Pool.backoff(50, 10_000))
+
 /** Completed by the first Ctrl-C: the run stops early and still prints its summary. */
 const stopRequested = Deferred.makeUnsafe<void>()
 
 const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
   Effect.gen(function*() {
     console.log(`Creating MeshHook's schema and ${flags.tenants} tenants...`)
-    const db = yield* Database.create(databaseUrl, { tenants: flags.tenants, runsPerTenant: 10 })
+    // Nothing outside the demo's database is changed or left behind: its worker role is its own, dropped with it.
+    const db = yield* Database.create(databaseUrl, { tenants: flags.tenants, runsPerTenant: 10, roleLifetime: "database" })
     const workerPool = Pool.layer({
+      max: 8,
+      ...(yield* tuning),
       url: db.workerUrl,
       name: "worker",
       applicationName,
       tenantSetting: Database.tenantSetting,
       requireTenant: true,
       tenantFormat: "uuid",
-      max: flags.max
+      ...(flags.max === undefined ? {} : { max: flags.max })
     })
     // The owner sees every tenant: for the live backend count and the isolation check.
     const adminPool = Pool.layer({ url: db.adminUrl, name: "monitor", max: 1 })
@@ -127,42 +155,65 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
     let done = 0
     let peakBackends = 0
     const httpCall = Effect.sleep(flags.httpMillis)
+    let turnedAway = 0
+    const count = (error: SqlError) =>
+      Effect.sync(() => {
+        if (Worker.isBackpressure(error)) return void turnedAway++
+        const name = errorName(Exit.fail(error))
+        errors.set(name, (errors.get(name) ?? 0) + 1)
+      })
+    // Each turn away is counted, then waited out; other failures end the job.
+    const counted: Worker.StepPolicy = (step) => backpressure(Effect.tapError(step, count))
+    const job = Worker.runJob(httpCall, counted).pipe(Effect.withSpan("meshhook.job"))
     const worker = Effect.gen(function*() {
       while (true) {
         const started = performance.now()
-        const exit = yield* Effect.exit(Worker.runJob(httpCall).pipe(Effect.withSpan("meshhook.job")))
+        const exit = yield* Effect.exit(job)
         if (Exit.isSuccess(exit)) {
           if (!exit.value) return yield* Effect.sleep(50)
           done++
           latencies.push(performance.now() - started)
-        } else {
+        } else if (!Exit.hasFails(exit)) {
           const name = errorName(exit)
           errors.set(name, (errors.get(name) ?? 0) + 1)
         }
       }
     }).pipe(Effect.forever, Effect.provide(workers))
 
-    console.log(`Running ${flags.workers} workers for ${flags.duration} s on a pool of ${flags.max}`)
+    const max = pool.options.max
+    console.log(`Running ${flags.workers} workers for ${flags.duration} s on a pool of ${max}`)
     const started = performance.now()
     const fibers = yield* Effect.forkChild(
       Effect.all(Array.from({ length: flags.workers }, () => worker), { concurrency: "unbounded", discard: true })
     )
+    const backendsNow = Effect.map(
+      adminSql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`,
+      ([row]) => {
+        peakBackends = Math.max(peakBackends, row.n)
+        return row.n
+      }
+    )
+    let last = { at: started, done: 0 }
     const progress = yield* Effect.forkChild(Effect.forever(Effect.gen(function*() {
       yield* Effect.sleep(1_000)
-      const [backends] = yield* adminSql<{ n: number }>`
-        SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`
-      peakBackends = Math.max(peakBackends, backends.n)
+      const backends = yield* backendsNow
       const stats = yield* pool.stats
-      const seconds = (performance.now() - started) / 1_000
+      const now = performance.now()
+      const seconds = (now - started) / 1_000
       const failed = [...errors.values()].reduce((a, b) => a + b, 0)
+      const lastSecond = (done - last.done) * 1_000 / (now - last.at)
+      last = { at: now, done }
       process.stdout.write(
-        `  ${seconds.toFixed(0).padStart(3)} s  jobs ${String(done).padStart(7)}  ${(done / seconds).toFixed(0).padStart(5)} jobs/s` +
-          `  pool used ${stats.used}/${stats.max} idle ${stats.idle} waiting ${String(stats.pending).padStart(3)}` +
-          `  backends ${backends.n}  errors ${failed}\n`
+        `  ${seconds.toFixed(0).padStart(3)} s  jobs ${String(done).padStart(7)}  ${lastSecond.toFixed(0).padStart(5)} jobs/s now` +
+          ` (${(done / seconds).toFixed(0)} since the start)  pool used ${stats.used}/${stats.max} waiting ${String(stats.pending).padStart(3)}` +
+          `  backends ${backends}  turned away ${turnedAway}  errors ${failed}\n`
       )
     })))
     yield* Effect.raceFirst(Effect.sleep(flags.duration * 1_000), Deferred.await(stopRequested)).pipe(
-      Effect.ensuring(Fiber.interruptAll([fibers, progress]))
+      Effect.ensuring(Fiber.interrupt(progress)),
+      // A run shorter than the progress line's second is sampled once before it ends.
+      Effect.ensuring(Effect.ignore(backendsNow)),
+      Effect.ensuring(Fiber.interrupt(fibers))
     )
     const seconds = (performance.now() - started) / 1_000
 
@@ -173,7 +224,8 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
       `job latency ms: p50 ${percentile(sorted, 0.5).toFixed(1)}  p95 ${percentile(sorted, 0.95).toFixed(1)}` +
         `  p99 ${percentile(sorted, 0.99).toFixed(1)}  max ${(sorted.at(-1) ?? 0).toFixed(1)}`
     )
-    console.log(`PostgreSQL connections used by the workers: at most ${peakBackends} (pool max ${flags.max})`)
+    console.log(`PostgreSQL connections used by the workers: at most ${peakBackends} (pool max ${max})`)
+    if (turnedAway > 0) console.log(`turned away by the pool (backpressure), waited out and tried again: ${turnedAway} times`)
     console.log(`errors: ${errors.size === 0 ? "none" : [...errors].map(([name, n]) => `${name} ${n}`).join(", ")}`)
     console.log(`isolation check: ${crossTenant} cross-tenant rows ${crossTenant === 0 ? "(ok)" : "(VIOLATION)"}`)
     if (crossTenant !== 0) return yield* Effect.die(new Error("cross-tenant rows found"))

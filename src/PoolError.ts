@@ -317,13 +317,33 @@ export const isPoolError = (u: unknown): u is PoolError | PoolConfigError => Pre
  */
 export const toSqlError = (error: PoolError): SqlError => {
   const props = { cause: error, message: error.message, operation: "acquire" }
-  return new SqlError({
-    reason: isTenantError(error)
-      ? new AuthorizationError(props)
-      : error._tag === "QueryTimeoutError"
-      ? new StatementTimeoutError({ ...props, operation: "query" })
-      : new ConnectionError(props)
-  })
+  // The wrapper's stack would only show the pool's insides, and under overload refusals come by the thousand.
+  return stackless(() =>
+    new SqlError({
+      reason: isTenantError(error)
+        ? new AuthorizationError(props)
+        : error._tag === "QueryTimeoutError"
+        ? new StatementTimeoutError({ ...props, operation: "query" })
+        : new ConnectionError(props)
+    })
+  )
+}
+
+/**
+ * Builds errors without capturing JavaScript stacks: for the pool's
+ * refusals, whose stack says nothing the error does not (the caller's place
+ * is in its span), and which come in floods when the pool sheds load.
+ *
+ * @internal
+ */
+export const stackless = <A>(make: () => A): A => {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  try {
+    return make()
+  } finally {
+    Error.stackTraceLimit = limit
+  }
 }
 
 /** Refusals of what the caller asked, rather than of when: they come back as authorization errors. */

@@ -7,26 +7,40 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { describe, expect, it } from "vitest"
+import * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
 import { findBinary } from "../src/testing/PgBouncer.ts"
+import * as PgTest from "../src/testing/PgTest.ts"
 import { databaseUrl } from "./support/pg.ts"
 
 const root = Path.resolve(import.meta.dirname, "..")
 
-const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}) =>
+/**
+ * Runs a script to its end. `interrupt`: in a process group of its own, as a terminal runs it; once its
+ * output matches, the whole group gets SIGINT, as from Ctrl-C.
+ */
+const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}, interrupt?: RegExp) =>
   new Promise<{ readonly code: number | null; readonly output: string }>((resolve) => {
-    const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, ...env } })
+    const { DATABASE_URL: _, ...inherited } = process.env
+    const child = spawn(process.execPath, args, { cwd: root, env: { ...inherited, ...env }, detached: interrupt !== undefined })
     let output = ""
-    child.stdout.on("data", (chunk) => output += chunk)
-    child.stderr.on("data", (chunk) => output += chunk)
+    let interrupted = false
+    const onOutput = (chunk: Buffer) => {
+      output += chunk
+      if (interrupt !== undefined && !interrupted && interrupt.test(output)) {
+        interrupted = true
+        process.kill(-child.pid!, "SIGINT")
+      }
+    }
+    child.stdout.on("data", onOutput)
+    child.stderr.on("data", onOutput)
     child.once("exit", (code) => resolve({ code, output }))
   })
 
 describe("the main job", () => {
   it("runs MeshHook workers and ends with a summary whose isolation check is 0", async () => {
-    const { code, output } = await run(
-      ["examples/main.ts", "--duration", "2", "--workers", "20", "--tenants", "5"],
-      { DATABASE_URL: databaseUrl() }
-    )
+    const { code, output } = await run(["examples/main.ts", "--duration", "2", "--workers", "20", "--tenants", "5"])
     expect(code, output).toBe(0)
     expect(output).toMatch(/jobs\/s/)
     expect(output).toMatch(/\d+ jobs in [\d.]+ s: \d+ jobs\/s/)
@@ -34,6 +48,50 @@ describe("the main job", () => {
     expect(output).toMatch(/PostgreSQL connections used by the workers: at most \d+ \(pool max 8\)/)
     expect(output).toMatch(/errors: none/)
     expect(output).toMatch(/isolation check: 0 cross-tenant rows \(ok\)/)
+  }, 60_000)
+
+  it("Ctrl-C in a terminal (SIGINT to the whole process group) ends the run early with its summary", async () => {
+    const { code, output } = await run(
+      ["examples/main.ts", "--duration", "60", "--workers", "20", "--tenants", "5"],
+      {},
+      /\s1 s {2}jobs/
+    )
+    expect(output).toMatch(/Stopping early/)
+    expect(output).toMatch(/isolation check: 0 cross-tenant rows \(ok\)/)
+    expect(output).not.toMatch(/Failed:/)
+    expect(code, output).toBe(0)
+  }, 90_000)
+
+  it("far more workers than the pool can queue back off and get work done; PGPOOL_* variables size the pool", async () => {
+    const { code, output } = await run(
+      ["examples/main.ts", "--duration", "3", "--workers", "3000", "--tenants", "5"],
+      { PGPOOL_MAX: "3", PGPOOL_MAX_WAITING: "100" }
+    )
+    expect(code, output).toBe(0)
+    expect(output).toMatch(/on a pool of 3\b/)
+    const jobs = Number(/(\d+) jobs in [\d.]+ s/.exec(output)?.[1] ?? 0)
+    expect(jobs, output).toBeGreaterThan(0)
+  }, 90_000)
+
+  it("on a server that has an mh_worker role already, refuses and changes nothing", async () => {
+    const side = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      // The role as the test kit leaves it on a shared test server.
+      yield* PgTest.createDatabase(Redacted.make(databaseUrl()), { role: "mh_worker" })
+      const admin = yield* PgConnection.make({ url: Redacted.make(databaseUrl()) })
+      const password = () =>
+        Effect.map(admin.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'mh_worker'"), (r) => r.rows[0]?.rolpassword)
+      return { before: yield* password() }
+    })))
+    const { code, output } = await run(["examples/main.ts", "--duration", "1", "--workers", "2", "--tenants", "1"], {
+      DATABASE_URL: databaseUrl()
+    })
+    expect(code).not.toBe(0)
+    expect(output).toMatch(/A role mh_worker exists already on this server: it is not changed/)
+    const after = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const admin = yield* PgConnection.make({ url: Redacted.make(databaseUrl()) })
+      return (yield* admin.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'mh_worker'")).rows[0]?.rolpassword
+    })))
+    expect(after).toBe(side.before)
   }, 60_000)
 
   it("refuses bad flags with a message and the usage, not a stack trace", async () => {

@@ -31,12 +31,19 @@ export interface Options {
   readonly runsPerTenant?: number
   /** Database name; a fresh random one by default. */
   readonly database?: string
+  /**
+   * `server` (the default): the worker role is created once per server and
+   * kept, for throwaway servers. `database`: it must not exist, and is
+   * dropped with the database, for a real server that must be left as it
+   * was (an existing `mh_worker` is refused, never altered).
+   */
+  readonly roleLifetime?: "server" | "database"
 }
 
 /**
  * Creates and seeds a MeshHook database on the server behind `adminUrl` (a
- * superuser URL), with the test kit's `PgTest.createDatabase`: the worker
- * role is created once per server, and the database is dropped when the
+ * superuser URL), with the test kit's `PgTest.createDatabase`: the database
+ * (and, with `roleLifetime: "database"`, the worker role) is dropped when the
  * scope closes.
  */
 export const create = (
@@ -47,6 +54,7 @@ export const create = (
     const database = yield* PgTest.createDatabase(adminUrl, {
       migrations: new URL("./migrations", import.meta.url),
       role: "mh_worker",
+      roleLifetime: options.roleLifetime,
       name: options.database
     })
     const owner = yield* PgConnection.make({ url: database.adminUrl, applicationName: "meshhook-setup" })

@@ -5,9 +5,11 @@
  * holds no connection.
  */
 import * as Effect from "effect/Effect"
+import type * as Schedule from "effect/Schedule"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { randomBytes } from "node:crypto"
+import * as PoolError from "../../src/PoolError.ts"
 import * as Tenant from "../../src/Tenant.ts"
 import * as Job from "./job.ts"
 
@@ -35,17 +37,39 @@ export const claim: Effect.Effect<Job.Job | undefined, SqlError, SqlClient.SqlCl
 )
 
 /**
- * Runs one job end to end; `httpCall` stands for the external request.
- * Returns `false` when the queue was empty.
+ * What a worker does with each step (the claim, each transaction) before it
+ * counts as failed: nothing, or wait for the pool and try again
+ * ({@link whileBackpressure}).
  */
-export const runJob = <E, R>(httpCall: Effect.Effect<void, E, R>) =>
+export type StepPolicy = <A>(step: Effect.Effect<A, SqlError, SqlClient.SqlClient>) => Effect.Effect<A, SqlError, SqlClient.SqlClient>
+
+/** Whether the pool turned the step away (shedding load, or no connection in time): then nothing of it ran. */
+export const isBackpressure = (error: SqlError): boolean => {
+  const tag = PoolError.fromSqlError(error)?._tag
+  return tag === "PoolSaturatedError" || tag === "PoolTimeoutError"
+}
+
+/**
+ * Retries a step the pool turned away, on `schedule` (a backoff): safe, since
+ * nothing of it ran, and it keeps a claimed job from being dropped halfway
+ * (it would stay invisible until its visibility timeout).
+ */
+export const whileBackpressure = (schedule: Schedule.Schedule<unknown, SqlError>): StepPolicy => (step) =>
+  Effect.retry(step, { schedule, while: isBackpressure })
+
+/**
+ * Runs one job end to end; `httpCall` stands for the external request, and
+ * `policy` applies to each database step. Returns `false` when the queue was
+ * empty.
+ */
+export const runJob = <E, R>(httpCall: Effect.Effect<void, E, R>, policy: StepPolicy = (step) => step) =>
   Effect.gen(function*() {
-    const job = yield* claim
+    const job = yield* policy(claim)
     if (job === undefined) return false
-    yield* asTenant(job, Job.startStep(job))
+    yield* policy(asTenant(job, Job.startStep(job)))
     yield* httpCall
     // Random content: real payloads do not compress like repeat() does.
-    yield* asTenant(job, Job.finishStep(job, randomBytes(1024).toString("hex")))
+    yield* policy(asTenant(job, Job.finishStep(job, randomBytes(1024).toString("hex"))))
     return true
   })
 

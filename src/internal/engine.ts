@@ -38,6 +38,7 @@ import {
   type PoolError,
   PoolSaturatedError,
   PoolTimeoutError,
+  stackless,
   TenantQuotaExceededError
 } from "../PoolError.ts"
 import { Circuit } from "./circuit.ts"
@@ -598,7 +599,7 @@ export const make = <C>(
 
     const saturated = (request: Scheduler.Request) => {
       events.rejected?.("saturated", request.flow)
-      return Effect.fail(new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size }))
+      return Effect.fail(stackless(() => new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size })))
     }
 
     /**

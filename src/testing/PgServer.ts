@@ -191,10 +191,10 @@ const reapOrphans = (): void => {
   }
 }
 
-/** Runs a binary to completion as the server's account, keeping its output for errors. */
+/** Runs a binary to completion as the server's account, keeping its output for errors (in a process group of its own, as the server). */
 const runTool = (file: string, args: ReadonlyArray<string>, runAs: RunAs | undefined): Promise<void> =>
   new Promise((resolve, reject) => {
-    const child = spawn(file, args, { ...runAs, stdio: ["ignore", "pipe", "pipe"], env: serverEnv() })
+    const child = spawn(file, args, { ...runAs, detached: true, stdio: ["ignore", "pipe", "pipe"], env: serverEnv() })
     let output = ""
     child.stdout.on("data", (chunk) => output += chunk)
     child.stderr.on("data", (chunk) => output += chunk)
@@ -234,10 +234,21 @@ const launch = (
     for (const [name, value] of Object.entries(settings)) args.push("-c", `${name}=${value}`)
     const child = spawn(Path.join(binDir, "postgres"), args, {
       ...runAs,
+      // A process group of its own: a terminal's Ctrl-C goes to its foreground group, and the server must
+      // not stop under the program that uses it; the program stops it as its scope closes.
+      detached: true,
       stdio: ["ignore", "ignore", "pipe"],
       env: serverEnv()
     })
-    const exited = new Promise<void>((done) => child.once("exit", () => done()))
+    // Out of the terminal's reach, it is stopped (immediate shutdown) if this process exits without closing the scope.
+    const stopOnExit = () => child.kill("SIGQUIT")
+    process.once("exit", stopOnExit)
+    const exited = new Promise<void>((done) =>
+      child.once("exit", () => {
+        process.off("exit", stopOnExit)
+        done()
+      })
+    )
     let log = ""
     let ready = false
     const onData = (chunk: Buffer) => {

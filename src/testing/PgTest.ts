@@ -97,6 +97,14 @@ export interface DatabaseOptions {
    * server, and every database on it may share them.
    */
   readonly role?: string | undefined
+  /**
+   * How long `role` lives: `server` (the default) creates it if missing and
+   * keeps it, for test servers where many databases share it; `database`
+   * requires that it does not exist yet, and drops it with the database, for
+   * a server where nothing outside the database may be changed or left
+   * behind (an existing role of that name is refused, never altered).
+   */
+  readonly roleLifetime?: "server" | "database" | undefined
   /** The database's name; fresh and random by default. */
   readonly name?: string | undefined
 }
@@ -187,7 +195,28 @@ export const createDatabase = (
     yield* Effect.addFinalizer(() => Effect.ignore(server.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`, [], false)))
     const serverUrl = Redacted.value(adminUrl)
     let url = withPath(serverUrl, name)
-    if (options.role !== undefined) {
+    if (options.role !== undefined && options.roleLifetime === "database") {
+      const role = options.role
+      const password = randomBytes(18).toString("base64url")
+      yield* server.query(`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}'`, [], false).pipe(
+        Effect.mapError((cause) =>
+          SqlState.sqlStateOf(cause) === "42710"
+            ? new PgTestError({
+              message: `A role ${role} exists already on this server: it is not changed. Drop it, or use another server.`,
+              cause
+            })
+            : setupError(`Cannot create the role ${role}`)(cause)
+        )
+      )
+      // The database goes first: the role owns what was granted to it there.
+      yield* Effect.addFinalizer(() =>
+        Effect.ignore(Effect.andThen(
+          server.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`, [], false),
+          server.query(`DROP ROLE IF EXISTS ${role}`, [], false)
+        ))
+      )
+      url = withPath(serverUrl, name, { user: role, password })
+    } else if (options.role !== undefined) {
       const password = createHash("sha256").update(`${serverUrl}:${options.role}`).digest("base64url")
       // Concurrent set-ups may race to create it; both then agree on the password.
       yield* server.query(
