@@ -3,8 +3,9 @@
  *
  * Starts a throwaway PostgreSQL server with durable settings, loads pgbench's
  * tables and MeshHook's schema, and runs each workload with every contender
- * in alternation. Writes bench/results/<mode>.json, docs/benchmarks.md and
- * the charts in docs/bench/.
+ * in alternation. A full run writes bench/results/full.json, docs/benchmarks.md
+ * and the charts in docs/bench/; a quick or smoke run writes the same to a
+ * temporary directory unless given `--publish` (or `--out`).
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -36,7 +37,9 @@ const usage = `Usage: npm run bench [-- options]
   --smoke          1 short round: checks that everything runs (CI)
   --only a,b       only these workloads: select1, selectByKey, selectByKeyTenant, meshhookJob, meshhookJobNatural, telemetry,
                    sizingTenant, sizingJob, spike, noisy
-  --out DIR        write results/ and the report there instead of bench/ and docs/
+  --out DIR        write results/ and the report there
+  --publish        write them into the tree (bench/results/, docs/benchmarks.md, docs/bench/): the default
+                   for a full run; a quick or smoke run writes to a temporary directory unless given this
   --pin            PostgreSQL on the first core, this process (and pgbench) on the others, as on separate
                    machines (needs taskset)`
 
@@ -48,6 +51,7 @@ try {
       smoke: { type: "boolean", default: false },
       only: { type: "string" },
       out: { type: "string" },
+      publish: { type: "boolean", default: false },
       pin: { type: "boolean", default: false },
       help: { type: "boolean", default: false }
     }
@@ -397,8 +401,11 @@ const record: Report.Record = {
   workloads: results,
   ...(noisy === undefined ? {} : { noisy })
 }
-const benchDir = flags.out ?? import.meta.dirname
-const docsDir = flags.out ?? Path.join(import.meta.dirname, "..", "docs")
+// Only a full run (or an explicit --publish) rewrites the published page and charts.
+const publish = flags.out === undefined && (flags.publish || mode === "full")
+const outDir = flags.out ?? (publish ? undefined : Fs.mkdtempSync(Path.join(Os.tmpdir(), `meshhook-bench-${mode}-`)))
+const benchDir = outDir ?? import.meta.dirname
+const docsDir = outDir ?? Path.join(import.meta.dirname, "..", "docs")
 Fs.mkdirSync(Path.join(benchDir, "results"), { recursive: true })
 Fs.writeFileSync(Path.join(benchDir, "results", `${mode}.json`), JSON.stringify(record, null, 2))
 Report.write(record, docsDir, benchDir)

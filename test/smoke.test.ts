@@ -104,6 +104,22 @@ describe("the main job", () => {
 })
 
 describe("the benchmark suite", () => {
+  it("a smoke run leaves the published page and charts alone, and says where it wrote", async () => {
+    const published = Path.join(root, "docs", "benchmarks.md")
+    const before = Fs.statSync(published).mtimeMs
+    const { code, output } = await run(["bench/run.ts", "--smoke", "--only", "select1"])
+    expect(code, output).toBe(0)
+    const written = /Wrote (\S+) and (\S+)/.exec(output)
+    expect(written, output).not.toBeNull()
+    for (const file of written!.slice(1)) {
+      expect(Path.relative(root, file).startsWith(".."), file).toBe(true)
+      expect(Fs.existsSync(file)).toBe(true)
+    }
+    expect(Fs.statSync(published).mtimeMs).toBe(before)
+    Fs.rmSync(Path.dirname(written![2]), { recursive: true, force: true })
+  }, 120_000)
+
+
   it("runs every workload with every contender and writes its results and report", async () => {
     const out = Fs.mkdtempSync(Path.join(Os.tmpdir(), "meshhook-bench-"))
     try {
