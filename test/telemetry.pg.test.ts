@@ -162,6 +162,8 @@ describe("telemetry", () => {
       assert.strictEqual(transaction.parentSpanContext?.spanId, job.spanContext().spanId)
       assert.strictEqual(statements.length, 2)
       for (const statement of statements) {
+        // OpenTelemetry's database span name: `{db.operation.name} {target}`.
+        assert.strictEqual(statement.name, `SELECT ${new URL(databaseUrl()).pathname.slice(1)}`)
         assert.strictEqual(statement.parentSpanContext?.spanId, transaction.spanContext().spanId)
         assert.strictEqual(statement.kind, 2 /* SpanKind.CLIENT */)
         assert.include(statement.attributes, {

@@ -84,6 +84,7 @@ export const make = (
         : undefined
       // An unsampled span is never exported: skip its attributes.
       const span = parent?._tag === "Span" && parent.sampled ? parent : undefined
+      if (span !== undefined) rename(span, `${operation} ${options.database}`)
       span?.attribute("db.operation.name", operation)
       if (tenant !== undefined) span?.attribute(tenantAttribute, tenant)
       const started = performance.now()
@@ -107,6 +108,17 @@ export const make = (
         return undefined
       }, true)
     })
+  }
+
+  /**
+   * Names a statement's span as OpenTelemetry's database conventions do,
+   * `{db.operation.name} {target}` (`SELECT meshhook`): `effect/sql` names it
+   * before the statement is read, after the database alone. An exported span
+   * (`@effect/opentelemetry`'s) carries the OpenTelemetry span it renames.
+   */
+  const rename = (span: Tracer.Span, name: string): void => {
+    ;(span as { name: string }).name = name
+    ;(span as { readonly span?: { readonly updateName?: (name: string) => unknown } }).span?.updateName?.(name)
   }
 
   /** Behind a transaction-mode pooler, session state would reach the pooler's next client: refused. */
