@@ -269,6 +269,25 @@ const receiver = () =>
   )
 
 describe("OTLP export", () => {
+  it.live("an endpoint where nothing listens is reported through the program's logger, and closing does not fail", () =>
+    Effect.gen(function*() {
+      // A port that was free a moment ago: nothing listens on it.
+      const server = Http.createServer()
+      yield* Effect.promise(() => new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve)))
+      const port = (server.address() as { port: number }).port
+      yield* Effect.promise(() => new Promise<void>((resolve) => server.close(() => resolve())))
+      const logs: Array<string> = []
+      const capture = Logger.layer([Logger.make((options) => void logs.push(String(options.message)))])
+      const closed = yield* Effect.exit(Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(Observability.layer({ endpoint: `http://127.0.0.1:${port}`, metricsIntervalMillis: 100 }))
+        yield* Effect.void.pipe(Effect.withSpan("dropped"))
+        yield* eventually(Effect.sync(() => logs.some((line) => line.includes("/v1/metrics"))), 10_000)
+      })).pipe(Effect.provide(capture)))
+      assert.isTrue(Exit.isSuccess(closed), String(closed))
+      const warning = logs.find((line) => line.includes(`http://127.0.0.1:${port}/v1/metrics`))
+      assert.match(warning ?? logs.join("\n"), /Exporting metrics to http:\/\/127\.0\.0\.1:\d+\/v1\/metrics failed: .*ECONNREFUSED/)
+    }), 30_000)
+
   it.live("a MeshHook job's trace and the pool's metrics reach an OTLP/HTTP receiver", () =>
     Effect.gen(function*() {
       const otlp = yield* Effect.promise(receiver)

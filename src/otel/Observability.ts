@@ -66,13 +66,66 @@ export interface Options {
 
 const defaultEndpoint = "http://localhost:4318"
 
+/**
+ * Longest one export may take, retries included. The exporters' own default
+ * (10 s) held a closing program that long per signal when no collector
+ * answered; telemetry that cannot be sent in this time is dropped.
+ */
+const exportTimeoutMillis = 3_000
+
+/** Runs a log line with the services of the program that built the layer (its logger). */
+type Log = (line: Effect.Effect<void>) => void
+
+/** What an exporter reports an export with: `code` 0 for success. */
+interface ExportResult {
+  readonly code: number
+  readonly error?: Error | undefined
+}
+
+/**
+ * `exporter`, with its failed exports made visible: a warning when exports
+ * start failing (naming where they go and why), and a note when they
+ * succeed again. Without it, telemetry is lost without a word when nothing
+ * listens at the endpoint. A failed batch is reported here and dropped: the
+ * SDK is told it is done, so that closing the program does not fail on
+ * telemetry it could not send.
+ */
+const reported = <E extends { export(items: never, done: (result: ExportResult) => void): void }>(
+  exporter: E,
+  what: string,
+  url: string,
+  log: Log
+): E => {
+  let failing = false
+  const send = exporter.export.bind(exporter) as (items: unknown, done: (result: ExportResult) => void) => void
+  ;(exporter as unknown as { export: (items: unknown, done: (result: ExportResult) => void) => void }).export = (items, done) =>
+    send(items, (result) => {
+      const failed = result.code !== 0
+      if (failed !== failing) {
+        failing = failed
+        log(
+          failed
+            ? Effect.logWarning(`Exporting ${what} to ${url} failed: ${result.error?.message ?? "no reason given"}; they are dropped until it works`)
+            : Effect.logInfo(`Exporting ${what} to ${url} works again`)
+        )
+      }
+      done({ code: 0 })
+    })
+  return exporter
+}
+
 /** The metric readers `options` ask for. */
-const metricReadersOf = (endpoint: string, options: Options): Array<MetricReader> => {
+const metricReadersOf = (endpoint: string, options: Options, log: Log): Array<MetricReader> => {
   const readers: Array<MetricReader> = []
   if (options.metrics !== false) {
     readers.push(
       new PeriodicExportingMetricReader({
-        exporter: new OTLPMetricExporter({ url: `${endpoint}/v1/metrics` }),
+        exporter: reported(
+          new OTLPMetricExporter({ url: `${endpoint}/v1/metrics`, timeoutMillis: exportTimeoutMillis }),
+          "metrics",
+          `${endpoint}/v1/metrics`,
+          log
+        ),
         exportIntervalMillis: options.metricsIntervalMillis ?? 10_000
       })
     )
@@ -138,19 +191,38 @@ const invalidOption = (options: Options): PoolConfigError | undefined => {
 const layerOf = (options: Options): Layer.Layer<Resource.Resource, PoolConfigError> => {
   const error = invalidOption(options)
   if (error !== undefined) return Layer.effectContext(Effect.fail(error))
+  return Layer.unwrap(Effect.map(Effect.context<never>(), (context) => {
+    const run = Effect.runForkWith(context)
+    return exporting(options, (line) => void run(line))
+  }))
+}
+
+/** The layers of {@link layerOf}, for valid options, reporting export failures with `log`. */
+const exporting = (options: Options, log: Log): Layer.Layer<Resource.Resource> => {
   const endpoint = (options.endpoint ?? defaultEndpoint).replace(/\/+$/, "")
   const sdk = NodeSdk.layer(() => ({
     resource: { serviceName: options.serviceName ?? "meshhook-worker" },
-    metricReader: metricReadersOf(endpoint, options)
+    metricReader: metricReadersOf(endpoint, options, log)
   }))
   if (options.traces === false) return sdk
   const traces = tracerLayer(options.traceSampleRatio ?? 1, options.otelContext === true).pipe(
     Layer.provide(OtelTracer.layerTracer),
     Layer.provide(
-      NodeSdk.layerTracerProvider(new BatchSpanProcessor(new OTLPTraceExporter({ url: `${endpoint}/v1/traces` })), {
-        // The tracer has sampled new traces already; the SDK keeps what it is given.
-        sampler: new ParentBasedSampler({ root: new AlwaysOnSampler() })
-      })
+      NodeSdk.layerTracerProvider(
+        new BatchSpanProcessor(
+          reported(
+            new OTLPTraceExporter({ url: `${endpoint}/v1/traces`, timeoutMillis: exportTimeoutMillis }),
+            "traces",
+            `${endpoint}/v1/traces`,
+            log
+          ),
+          { exportTimeoutMillis }
+        ),
+        {
+          // The tracer has sampled new traces already; the SDK keeps what it is given.
+          sampler: new ParentBasedSampler({ root: new AlwaysOnSampler() })
+        }
+      )
     )
   )
   return Layer.provideMerge(traces, sdk)
