@@ -19,7 +19,7 @@ import * as Path from "node:path"
 import { parseArgs } from "node:util"
 import * as Database from "../examples/meshhook/database.ts"
 import * as Clients from "./clients.ts"
-import { closedLoop, compare, type Contender, machine } from "./harness.ts"
+import { closedLoop, compare, type Contender, machine, plural } from "./harness.ts"
 import * as MeshHook from "./meshhook.ts"
 import { table } from "./report.ts"
 
@@ -60,7 +60,7 @@ try {
   console.log(`Machine: ${machine()}\nBaseline: ${baselineDir}\n`)
   for (const workload of workloads) {
     if (only !== undefined && !only.includes(workload.name)) continue
-    log(`\n${workload.title}: ${settings.rounds} rounds of ${settings.roundMillis / 1000} s`)
+    log(`\n${workload.title}: ${plural(settings.rounds, "round")} of ${settings.roundMillis / 1000} s`)
     const contenders = versions.map(([name, modules]): Contender => ({
       name,
       applicationName: name,

@@ -35,7 +35,7 @@ const workloads = [
   { title: "select-by-key under the row's tenant", url: setup.db.workerUrl, op: MeshHook.selectByKeyInTenant(setup) }
 ]
 
-console.log(`Machine: ${machine()}. ${concurrency} callers, ${values.max} connections; \`node bench/depth.ts ${process.argv.slice(2).join(" ")}\`\n`)
+console.log(`Machine: ${machine()}. ${concurrency} callers, ${values.max} connections; \`npx node bench/depth.ts ${process.argv.slice(2).join(" ")}\`\n`)
 try {
   for (const workload of workloads) {
     const contenders: Array<Contender> = depths.map((depth) => ({

@@ -38,6 +38,9 @@ export interface Summary {
   readonly max: number
 }
 
+/** `1 round`, `3 rounds`: a count with its noun. */
+export const plural = (count: number, noun: string): string => `${count} ${noun}${count === 1 ? "" : "s"}`
+
 export const percentile = (sorted: ArrayLike<number>, p: number): number =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]
 

@@ -23,7 +23,7 @@ import * as Fs from "node:fs"
 import { parseArgs } from "node:util"
 import * as Database from "../examples/meshhook/database.ts"
 import * as Clients from "./clients.ts"
-import { closedLoop, machine, median } from "./harness.ts"
+import { closedLoop, machine, median, plural } from "./harness.ts"
 import * as LatencyProxy from "./latencyProxy.ts"
 import * as MeshHook from "./meshhook.ts"
 
@@ -182,7 +182,7 @@ const table = (results: ReadonlyArray<{ readonly name: string; readonly rounds: 
 
 const log = (line: string) => console.error(line)
 console.log(`Machine: ${machine()}. PostgreSQL 15 on the same machine, durable settings; ${connections} connections per contender, ` +
-  `${workers} callers; ${rounds} rounds of ${roundMillis / 1000} s, alternating. \`node bench/network.ts ${process.argv.slice(2).join(" ")}\`\n`)
+  `${workers} callers; ${plural(rounds, "round")} of ${roundMillis / 1000} s, alternating. \`npx node bench/network.ts ${process.argv.slice(2).join(" ")}\`\n`)
 const proxies = new Map<number, LatencyProxy.LatencyProxy>()
 try {
   for (const rtt of rtts) proxies.set(rtt, await LatencyProxy.start({ host: setup.server.host, port: setup.server.port }, rtt))

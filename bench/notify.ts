@@ -6,7 +6,7 @@
  * transaction's notifications at commit, so notifying commits are
  * serialized; this measures what that does to a producer's throughput.
  *
- * `node bench/notify.ts [--rounds 3] [--seconds 5] [--connections 8]`
+ * `npx node bench/notify.ts [--rounds 3] [--seconds 5] [--connections 8]`
  */
 import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Effect from "effect/Effect"
@@ -50,7 +50,7 @@ ${notify ? "NOTIFY job_queue;\n" : ""}COMMIT;
 const contender = (name: string, notify: boolean): Contender =>
   pgbench(name, { url: Redacted.value(setup.db.adminUrl), connections, applicationName: `bench-${notify ? "" : "no"}notify` }, producer(notify))
 
-console.log(`Machine: ${machine()}. pgbench, ${connections} connections, one listener; \`node bench/notify.ts ${process.argv.slice(2).join(" ")}\`\n`)
+console.log(`Machine: ${machine()}. pgbench, ${connections} connections, one listener; \`npx node bench/notify.ts ${process.argv.slice(2).join(" ")}\`\n`)
 try {
   const summaries = await compare([contender("commit a job", false), contender("commit a job and NOTIFY", true)], {
     rounds: Number(values.rounds),

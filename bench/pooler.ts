@@ -18,7 +18,7 @@ import { parseArgs } from "node:util"
 import * as Database from "../examples/meshhook/database.ts"
 import * as PgBouncer from "../src/testing/PgBouncer.ts"
 import * as Clients from "./clients.ts"
-import { closedLoop, compare, type Contender, machine } from "./harness.ts"
+import { closedLoop, compare, type Contender, machine, plural } from "./harness.ts"
 import * as MeshHook from "./meshhook.ts"
 import { table } from "./report.ts"
 
@@ -58,7 +58,7 @@ const workloads = [
 try {
   console.log(`Machine: ${machine()}; PgBouncer ${PgBouncer.findBinary() ?? "?"}, default_pool_size ${poolSize}\n`)
   for (const workload of workloads) {
-    log(`\n${workload.title}: ${settings.rounds} rounds of ${settings.roundMillis / 1000} s`)
+    log(`\n${workload.title}: ${plural(settings.rounds, "round")} of ${settings.roundMillis / 1000} s`)
     const contenders = bouncers.map(([name, bouncer]): Contender => ({
       name,
       applicationName: `bench-${name.length}`,

@@ -42,14 +42,34 @@ export const table = (summaries: ReadonlyArray<Summary>): string => {
 
 const escapeXml = (text: string): string => text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
 
-/** A horizontal bar chart of median throughput with min–max whiskers. */
+/** Widths the chart allows for text, in px per character (sans-serif at 12 px, and the 14 px bold title), generously. */
+const labelCharWidth = 7
+const titleCharWidth = 8.5
+
+/** `text` in lines of at most `limit` characters, broken between words. */
+const wrap = (text: string, limit: number): Array<string> => {
+  const lines: Array<string> = []
+  let line = ""
+  for (const word of text.split(" ")) {
+    if (line !== "" && line.length + 1 + word.length > limit) {
+      lines.push(line)
+      line = word
+    } else {
+      line = line === "" ? word : `${line} ${word}`
+    }
+  }
+  return line === "" ? lines : [...lines, line]
+}
+
+/** A horizontal bar chart of median throughput with min–max whiskers; labels and title are never cut. */
 export const chart = (title: string, summaries: ReadonlyArray<Summary>): string => {
   const rowHeight = 28
-  const labelWidth = 230
+  const labelWidth = Math.max(230, 16 + labelCharWidth * Math.max(...summaries.map((s) => s.name.length)))
   const barWidth = 420
-  const top = 40
-  const height = top + summaries.length * rowHeight + 30
   const width = labelWidth + barWidth + 90
+  const titleLines = wrap(`${title} — ops/s, median with min–max`, Math.floor((width - 20) / titleCharWidth))
+  const top = 22 + titleLines.length * 18
+  const height = top + summaries.length * rowHeight + 30
   const peak = Math.max(...summaries.map((s) => s.max)) || 1
   const x = (value: number) => labelWidth + (value / peak) * barWidth
   const rows = summaries.map((s, i) => {
@@ -64,7 +84,7 @@ export const chart = (title: string, summaries: ReadonlyArray<Summary>): string 
   })
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">` +
     `<rect width="100%" height="100%" fill="white"/>` +
-    `<text x="10" y="22" font-size="14" font-weight="bold">${escapeXml(title)} — ops/s, median with min–max</text>` +
+    titleLines.map((line, i) => `<text x="10" y="${22 + i * 18}" font-size="14" font-weight="bold">${escapeXml(line)}</text>`).join("") +
     rows.join("") +
     `</svg>\n`
 }

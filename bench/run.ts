@@ -25,7 +25,7 @@ import { Observability } from "../src/otel/index.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
 import * as Clients from "./clients.ts"
 import * as Database from "../examples/meshhook/database.ts"
-import { burst, closedLoop, compare, type Contender, machine, type Summary } from "./harness.ts"
+import { burst, closedLoop, compare, type Contender, machine, plural, type Summary } from "./harness.ts"
 import * as MeshHook from "./meshhook.ts"
 import * as Noisy from "./noisy.ts"
 import { pgbench, pgbenchPath, runPgbench } from "./pgbench.ts"
@@ -377,13 +377,13 @@ let noisy: Array<Noisy.NoisySummary> | undefined
 try {
   for (const workload of workloads) {
     if (only !== undefined && !only.includes(workload.name)) continue
-    log(`\n${workload.title}: ${settings.rounds} rounds of ${workload.spike ? "one burst" : `${settings.roundMillis / 1000} s`}, ${workload.callers} callers, ${connections} connections`)
+    log(`\n${workload.title}: ${plural(settings.rounds, "round")} of ${workload.spike ? "one burst" : `${settings.roundMillis / 1000} s`}, ${workload.callers} callers, ${connections} connections`)
     const summaries = await compare(clientContenders(workload), { ...settings, backendsOf, log })
     results[workload.name] = { title: workload.title, summaries }
     console.log(`\n${workload.title}\n${Report.table(summaries)}`)
   }
   if (only === undefined || only.includes("noisy")) {
-    log(`\nnoisy neighbour: ${settings.rounds} rounds, phases of ${settings.roundMillis / 1000} s`)
+    log(`\nnoisy neighbour: ${plural(settings.rounds, "round")}, phases of ${settings.roundMillis / 1000} s`)
     noisy = await Noisy.run(Redacted.make(superUrl), settings.rounds, settings.roundMillis, log)
     console.log(`\nnoisy neighbour\n${Noisy.table(noisy)}`)
   }

@@ -15,7 +15,7 @@ import * as Pool from "../src/Pool.ts"
 import * as PoolConfig from "../src/PoolConfig.ts"
 import * as Tenant from "../src/Tenant.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
-import { closedLoop, compare, type Contender, machine } from "./harness.ts"
+import { closedLoop, compare, type Contender, machine, plural } from "./harness.ts"
 import { table } from "./report.ts"
 
 const { values } = parseArgs({
@@ -94,7 +94,7 @@ const contenders: Array<Contender> = [
     }))
 ]
 
-console.error(`tenant overhead: ${rounds} rounds of ${roundMillis / 1000} s, ${concurrency} callers, pool max ${max}`)
+console.error(`tenant overhead: ${plural(rounds, "round")} of ${roundMillis / 1000} s, ${concurrency} callers, pool max ${max}`)
 console.error(machine())
 const backendsOf = (applicationName: string) =>
   withSql({ url: db.adminUrl, max: 1 }, (sql) =>

@@ -148,13 +148,15 @@ describe("the benchmark suite", () => {
 
 describe.skipIf(findBinary() === undefined && process.env.MESHHOOK_REQUIRE_PGBOUNCER !== "1")("the multi-process check", () => {
   it("worker processes through PgBouncer stay within its server budget, and no row crosses tenants", async () => {
-    const out = Path.join(Fs.mkdtempSync(Path.join(Os.tmpdir(), "meshhook-multi-")), "result.json")
+    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "meshhook-multi-"))
+    const out = Path.join(dir, "result.json")
     const { code, output } = await run([
       "bench/multiprocess.ts",
       "--processes", "3", "--max", "6", "--budget", "4", "--workers", "10", "--seconds", "2", "--rounds", "1", "--out", out
     ])
     expect(code, output).toBe(0)
     const result = JSON.parse(Fs.readFileSync(out, "utf8"))
+    Fs.rmSync(dir, { recursive: true, force: true })
     expect(result.crossTenantRows).toBe(0)
     // Through PgBouncer the three pools (18 connections) share its 4 server connections.
     expect(result.modes.pgbouncer.peakServerConnections).toBeLessThanOrEqual(4)
