@@ -119,10 +119,10 @@ const tuning = Effect.map(PoolConfig.config(), (options) =>
 
 /**
  * Backpressure from the pool (shedding load, or no connection in time): a worker waits before trying the step
- * again, longer each time in a row, from 50 ms to 10 s, jittered so that shed workers do not come back
+ * again, longer each time in a row, from 200 ms to 10 s, jittered so that shed workers do not come back
  * together.
  */
-const backpressure = Worker.whileBackpressure(Pool.backoff(50, 10_000))
+const backpressure = Worker.whileBackpressure(Pool.backoff(200, 10_000))
 
 /** Completed by the first Ctrl-C: the run stops early and still prints its summary. */
 const stopRequested = Deferred.makeUnsafe<void>()
@@ -205,7 +205,7 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
       last = { at: now, done }
       process.stdout.write(
         `  ${seconds.toFixed(0).padStart(3)} s  jobs ${String(done).padStart(7)}  ${lastSecond.toFixed(0).padStart(5)} jobs/s now` +
-          ` (${(done / seconds).toFixed(0)} since the start)  pool used ${stats.used}/${stats.max} waiting ${String(stats.pending).padStart(3)}` +
+          ` (${(done / seconds).toFixed(0)} since the start)  pool used ${stats.used}/${stats.max} idle ${stats.idle} waiting ${String(stats.pending).padStart(3)}` +
           `  backends ${backends}  turned away ${turnedAway}  errors ${failed}\n`
       )
     })))
