@@ -193,7 +193,7 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
         return row.n
       }
     )
-    let last = { at: started, done: 0 }
+    let last = { at: started, done: 0, checkouts: 0, waited: 0 }
     const progress = yield* Effect.forkChild(Effect.forever(Effect.gen(function*() {
       yield* Effect.sleep(1_000)
       const backends = yield* backendsNow
@@ -202,11 +202,13 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
       const seconds = (now - started) / 1_000
       const failed = [...errors.values()].reduce((a, b) => a + b, 0)
       const lastSecond = (done - last.done) * 1_000 / (now - last.at)
-      last = { at: now, done }
+      const checkouts = stats.checkouts - last.checkouts
+      const meanWait = checkouts === 0 ? 0 : (stats.checkoutWaitMillis - last.waited) / checkouts
+      last = { at: now, done, checkouts: stats.checkouts, waited: stats.checkoutWaitMillis }
       process.stdout.write(
         `  ${seconds.toFixed(0).padStart(3)} s  jobs ${String(done).padStart(7)}  ${lastSecond.toFixed(0).padStart(5)} jobs/s now` +
           ` (${(done / seconds).toFixed(0)} since the start)  pool used ${stats.used}/${stats.max} idle ${stats.idle} waiting ${String(stats.pending).padStart(3)}` +
-          `  backends ${backends}  turned away ${turnedAway}  errors ${failed}\n`
+          ` (${meanWait.toFixed(1)} ms per checkout)  backends ${backends}  turned away ${turnedAway}  errors ${failed}\n`
       )
     })))
     yield* Effect.raceFirst(Effect.sleep(flags.duration * 1_000), Deferred.await(stopRequested)).pipe(
@@ -223,6 +225,14 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
     console.log(
       `job latency ms: p50 ${percentile(sorted, 0.5).toFixed(1)}  p95 ${percentile(sorted, 0.95).toFixed(1)}` +
         `  p99 ${percentile(sorted, 0.99).toFixed(1)}  max ${(sorted.at(-1) ?? 0).toFixed(1)}`
+    )
+    const { checkouts, checkoutWaitMillis } = yield* pool.stats
+    const jobMillis = latencies.reduce((sum, millis) => sum + millis, 0)
+    const waitShare = jobMillis === 0 ? 0 : Math.min(1, checkoutWaitMillis / jobMillis)
+    console.log(
+      `waiting for a connection: ${(checkouts === 0 ? 0 : checkoutWaitMillis / checkouts).toFixed(1)} ms per checkout, ` +
+        `${(waitShare * 100).toFixed(0)}% of the jobs' time` +
+        (waitShare > 0.5 ? ` (mostly waiting: the pool's ${max} connections, or the database behind them, are the limit)` : "")
     )
     console.log(`PostgreSQL connections used by the workers: at most ${peakBackends} (pool max ${max})`)
     if (turnedAway > 0) console.log(`turned away by the pool (backpressure), waited out and tried again: ${turnedAway} times`)

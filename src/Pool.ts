@@ -51,8 +51,10 @@ import type { DatabaseUnavailableError, PoolConfigError } from "./PoolError.ts"
 
 /**
  * A snapshot of the pool's counts: `total` (idle + used), `idle`, `used`,
- * `pending` (callers waiting), `creating` (connections being opened), `min`
- * and `max`.
+ * `pending` (callers waiting), `creating` (connections being opened), `min`,
+ * `max`, the current `limit` and `circuit`, and since the start `checkouts`
+ * and the `checkoutWaitMillis` they waited in line (their growth over an
+ * interval gives the mean wait).
  *
  * @since 0.1.0
  * @category models

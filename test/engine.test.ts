@@ -171,6 +171,19 @@ describe("engine", () => {
   })
 
   describe("timeouts", () => {
+    it.effect("stats count the checkouts and the time they waited in line", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1 })
+        const held = yield* pool.acquire(alone)
+        const waiting = yield* Effect.forkChild(pool.acquire(alone))
+        yield* TestClock.adjust(300)
+        pool.release(held)
+        pool.release(yield* Fiber.join(waiting))
+        // The first was served at once, the second after 300 ms.
+        assert.deepInclude(pool.stats(), { checkouts: 2, checkoutWaitMillis: 300 })
+      }))
+
     it.effect("fails a waiter after acquireTimeout with PoolTimeoutError carrying the wait, size and queue", () =>
       Effect.gen(function*() {
         const script = makeScript()

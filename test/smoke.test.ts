@@ -45,6 +45,7 @@ describe("the main job", () => {
     expect(output).toMatch(/jobs\/s/)
     expect(output).toMatch(/\d+ jobs in [\d.]+ s: \d+ jobs\/s/)
     expect(output).toMatch(/job latency ms: p50 [\d.]+ {2}p95 [\d.]+ {2}p99 [\d.]+/)
+    expect(output).toMatch(/waiting for a connection: [\d.]+ ms per checkout, \d+% of the jobs' time/)
     expect(output).toMatch(/PostgreSQL connections used by the workers: at most \d+ \(pool max 8\)/)
     expect(output).toMatch(/errors: none/)
     expect(output).toMatch(/isolation check: 0 cross-tenant rows \(ok\)/)

@@ -158,6 +158,10 @@ export interface Stats {
   readonly limit: number
   /** `open` while the database looks unreachable and callers fail fast. */
   readonly circuit: "closed" | "open"
+  /** Connections (or shares of one) handed out since the pool started. */
+  readonly checkouts: number
+  /** Time those checkouts waited in line, in all, in ms: over an interval, its growth divided by that of `checkouts` is the mean wait. */
+  readonly checkoutWaitMillis: number
 }
 
 /** @internal */
@@ -255,6 +259,9 @@ export const make = <C>(
     let acquisitions = 0
     let waitedTotal = 0
     let refused = 0
+    // Since the pool started, for `stats`.
+    let checkouts = 0
+    let checkoutWaitMillis = 0
     let peakUsed = 0
     /** Checkouts held right now (a connection alone, or one share), and their time-weighted sum. */
     let busy = 0
@@ -309,12 +316,19 @@ export const make = <C>(
       return true
     }
 
+    /** A checkout made, after `waited` ms in line: for sizing, `stats` and the metrics. */
+    const counted = (flow: string, waited: number): void => {
+      acquisitions++
+      waitedTotal += waited
+      checkouts++
+      checkoutWaitMillis += waited
+      events.acquired?.(flow, waited)
+    }
+
     const serve = (waiter: Waiter<C>, entry: Entry<C>): void => {
       waiter.entry = checkout(entry, waiter.request)
       const waited = now() - waiter.enqueuedAt
-      acquisitions++
-      waitedTotal += waited
-      events.acquired?.(waiter.request.flow, waited)
+      counted(waiter.request.flow, waited)
       settle(waiter, Effect.succeed(entry))
     }
 
@@ -617,10 +631,7 @@ export const make = <C>(
         if (top === undefined || staleSince(top, at) || top.isSpent(at, options.maxUses)) return undefined
         share = takeIdle(request)
       }
-      if (share !== undefined) {
-        acquisitions++
-        events.acquired?.(flow, 0)
-      }
+      if (share !== undefined) counted(flow, 0)
       return share
     }
 
@@ -662,8 +673,7 @@ export const make = <C>(
           const at = now()
           const entry = request.shared ? takeShare(request) ?? takeIdle(request) : takeIdle(request)
           if (entry !== undefined) {
-            acquisitions++
-            events.acquired?.(request.flow, 0)
+            counted(request.flow, 0)
             return entry.state === "used" || entry.borrowers === 1
               ? staleSince(entry, at) ? validated(entry, request) : Effect.succeed(entry)
               : Effect.succeed(entry)
@@ -792,7 +802,9 @@ export const make = <C>(
       min: options.min,
       max: options.max,
       limit,
-      circuit: circuit.state
+      circuit: circuit.state,
+      checkouts,
+      checkoutWaitMillis
     })
 
     const sample = (): Sizing.Sample => {
