@@ -26,7 +26,8 @@ const sendUntilReceived = (
 ) =>
   Effect.gen(function*() {
     const before: Array<Notifications.Event> = []
-    const sender = yield* Effect.forkChild(Effect.forever(Effect.andThen(pg.notify(channel, payload), Effect.sleep(20))))
+    // A notify can fail on a pooled connection the test just killed: the sender keeps on.
+    const sender = yield* Effect.forkChild(Effect.forever(Effect.andThen(Effect.ignore(pg.notify(channel, payload)), Effect.sleep(20))))
     for (;;) {
       const event = yield* Queue.take(events)
       if (event._tag === "Received" && event.notification.payload === payload) break
