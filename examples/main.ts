@@ -15,6 +15,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Semaphore from "effect/Semaphore"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { parseArgs } from "node:util"
@@ -162,9 +163,13 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
         const name = errorName(Exit.fail(error))
         errors.set(name, (errors.get(name) ?? 0) + 1)
       })
+    // No more jobs in progress than the pool can serve and queue: the workers beyond wait here, in line, for a
+    // job to finish, instead of being turned away and coming back (with 20,000 workers that churn starved the
+    // event loop). A whole job, not each step: a claimed job must not queue behind others' claims.
+    const inProgress = Semaphore.makeUnsafe(Math.min(Number.MAX_SAFE_INTEGER, pool.options.max + pool.options.maxWaiting))
     // Each turn away is counted, then waited out; other failures end the job.
     const counted: Worker.StepPolicy = (step) => backpressure(Effect.tapError(step, count))
-    const job = Worker.runJob(httpCall, counted).pipe(Effect.withSpan("meshhook.job"))
+    const job = inProgress.withPermit(Worker.runJob(httpCall, counted)).pipe(Effect.withSpan("meshhook.job"))
     const worker = Effect.gen(function*() {
       while (true) {
         const started = performance.now()
@@ -231,7 +236,7 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
     const waitShare = jobMillis === 0 ? 0 : Math.min(1, checkoutWaitMillis / jobMillis)
     console.log(
       `waiting for a connection: ${(checkouts === 0 ? 0 : checkoutWaitMillis / checkouts).toFixed(1)} ms per checkout, ` +
-        `${(waitShare * 100).toFixed(0)}% of the jobs' time` +
+        (jobMillis === 0 ? "no job finished" : `${(waitShare * 100).toFixed(0)}% of the jobs' time`) +
         (waitShare > 0.5 ? ` (mostly waiting: the pool's ${max} connections, or the database behind them, are the limit)` : "")
     )
     console.log(`PostgreSQL connections used by the workers: at most ${peakBackends} (pool max ${max})`)

@@ -63,7 +63,7 @@ describe("the main job", () => {
     expect(code, output).toBe(0)
   }, 90_000)
 
-  it("far more workers than the pool can queue back off and get work done; PGPOOL_* variables size the pool", async () => {
+  it("far more workers than the pool can queue wait their turn and get work done; PGPOOL_* variables size the pool", async () => {
     const { code, output } = await run(
       // Long enough for a loaded machine: the first seconds go to turning most of them away.
       ["examples/main.ts", "--duration", "8", "--workers", "3000", "--tenants", "5"],

@@ -41,7 +41,7 @@ export const claim: Effect.Effect<Job.Job | undefined, SqlError, SqlClient.SqlCl
  * counts as failed: nothing, or wait for the pool and try again
  * ({@link whileBackpressure}).
  */
-export type StepPolicy = <A>(step: Effect.Effect<A, SqlError, SqlClient.SqlClient>) => Effect.Effect<A, SqlError, SqlClient.SqlClient>
+export type StepPolicy = <A, R>(step: Effect.Effect<A, SqlError, R>) => Effect.Effect<A, SqlError, R>
 
 /** Whether the pool turned the step away (shedding load, or no connection in time): then nothing of it ran. */
 export const isBackpressure = (error: SqlError): boolean => {
