@@ -43,6 +43,10 @@ export default defineConfig({
         extends: true,
         test: { name: "alone", include: alone, globalSetup: ["test/support/globalSetup.ts"], sequence: { groupOrder: 1 } }
       },
+      // The benchmark suite at smoke scale (minutes): `npm run test:bench`, a CI step of its own, not `npm test`.
+      ...(process.env.MESHHOOK_BENCH_SMOKE === "1"
+        ? [{ extends: true, test: { name: "bench", include: ["bench/**/*.test.ts"], testTimeout: 240_000 } }]
+        : []),
       ...(withPgBouncer
         ? [{
           extends: true,

@@ -1,16 +1,27 @@
 /**
  * The pool's typed errors.
  *
- * Each error says which of the pool's promises was hit: the wait was too long
- * (`PoolTimeoutError`), the queue was full (`PoolSaturatedError`), the database
- * could not be reached (`DatabaseUnavailableError`), the pool was shutting down
- * (`PoolClosedError`), the configuration was wrong (`PoolConfigError`), or the
- * tenant rules were broken (`TenantRequiredError`, `InvalidTenantError`,
- * `TenantMismatchError`); the last three never reach the database.
+ * Each error says which of the pool's promises was hit:
+ *
+ * - when: the wait was too long (`PoolTimeoutError`), the queue was full
+ *   (`PoolSaturatedError`), one tenant's queue was full
+ *   (`TenantQuotaExceededError`), the database could not be reached
+ *   (`DatabaseUnavailableError`), the pool was shutting down
+ *   (`PoolClosedError`);
+ * - what: the tenant rules were broken (`TenantRequiredError`,
+ *   `InvalidTenantError`, `TenantMismatchError`), or, behind a
+ *   transaction-mode pooler, a statement would leave session state
+ *   (`SessionStateNotAllowedError`); none of these reaches the database;
+ * - the statement: no answer within `queryTimeout` (`QueryTimeoutError`), a
+ *   statement sent through a lease already given back
+ *   (`ConnectionReleasedError`), a session whose isolation could not be
+ *   confirmed (`IsolationError`);
+ * - the configuration was wrong (`PoolConfigError`, from the layer only).
  *
  * Through `SqlClient`, whose statements can only fail with `SqlError`, a pool
  * error arrives as the `cause` of a `SqlError` whose reason is a
- * `ConnectionError` (an `AuthorizationError` for the tenant errors);
+ * `ConnectionError` (an `AuthorizationError` for the refusals of what was
+ * asked, a `StatementTimeoutError` for `QueryTimeoutError`);
  * {@link fromSqlError} finds it again.
  *
  * @since 0.1.0
@@ -320,7 +331,7 @@ export const toSqlError = (error: PoolError): SqlError => {
   // The wrapper's stack would only show the pool's insides, and under overload refusals come by the thousand.
   return stackless(() =>
     new SqlError({
-      reason: isTenantError(error)
+      reason: refusesWhatWasAsked(error)
         ? new AuthorizationError(props)
         : error._tag === "QueryTimeoutError"
         ? new StatementTimeoutError({ ...props, operation: "query" })
@@ -347,7 +358,7 @@ export const stackless = <A>(make: () => A): A => {
 }
 
 /** Refusals of what the caller asked, rather than of when: they come back as authorization errors. */
-const isTenantError = (error: PoolError): boolean =>
+const refusesWhatWasAsked = (error: PoolError): boolean =>
   error._tag === "TenantRequiredError" || error._tag === "InvalidTenantError" || error._tag === "TenantMismatchError" ||
   error._tag === "SessionStateNotAllowedError"
 

@@ -413,8 +413,10 @@ export const make = <C>(
       }
     }
 
-    /** Whether the opening in progress is still wanted: `fill` would start it now. */
-    /** Whether a failed opening should try again: wanted, and no probe has taken over (circuit open). */
+    /**
+     * Whether a failed opening should try again: `fill` would start it now (it is still wanted), and no
+     * probe has taken over (circuit open).
+     */
     const stillNeeded = (): boolean =>
       !closed && !circuit.isOpen && (demand() > creating - 1 || entries.size + creating - 1 < options.min)
 

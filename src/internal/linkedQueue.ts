@@ -43,12 +43,6 @@ export class LinkedQueue<A> {
     return this.head
   }
 
-  shift(): A | undefined {
-    const node = this.head
-    if (node !== undefined) this.remove(node)
-    return node
-  }
-
   /** Links `node` in between `prev` and `next` (either end when `undefined`). */
   private place(node: A, prev: A | undefined, next: A | undefined): void {
     const link = this.link(node)

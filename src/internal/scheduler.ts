@@ -65,7 +65,9 @@ export interface Scheduler<W extends Waiting> {
   /** Counts a connection as held by `flow`, for its in-use limit. */
   readonly acquired: (flow: string) => void
   readonly released: (flow: string) => void
+  /** Waiters in all. (With `flows`, what the tests read to prove that nothing is kept for tenants gone.) */
   readonly size: () => number
+  /** Waiters for a share of a connection, for the engine's demand. */
   readonly sharedWaiting: () => number
   /** Flows the scheduler keeps state for: one per tenant and priority with waiters. */
   readonly flows: () => number

@@ -1,8 +1,7 @@
 /**
- * Smoke tests of the main job and the benchmark suite: they run end to end on
- * a tiny scale and print what they promise. No timing is asserted.
+ * The main job and the multi-process check end to end, on a tiny scale, as a
+ * user runs them: what they print and how they stop. No timing is asserted.
  */
-import { spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -13,30 +12,7 @@ import * as Redacted from "effect/Redacted"
 import { findBinary } from "../src/testing/PgBouncer.ts"
 import * as PgTest from "../src/testing/PgTest.ts"
 import { databaseUrl } from "./support/pg.ts"
-
-const root = Path.resolve(import.meta.dirname, "..")
-
-/**
- * Runs a script to its end. `interrupt`: in a process group of its own, as a terminal runs it; once its
- * output matches, the whole group gets SIGINT, as from Ctrl-C.
- */
-const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}, interrupt?: RegExp) =>
-  new Promise<{ readonly code: number | null; readonly output: string }>((resolve) => {
-    const { DATABASE_URL: _, ...inherited } = process.env
-    const child = spawn(process.execPath, args, { cwd: root, env: { ...inherited, ...env }, detached: interrupt !== undefined })
-    let output = ""
-    let interrupted = false
-    const onOutput = (chunk: Buffer) => {
-      output += chunk
-      if (interrupt !== undefined && !interrupted && interrupt.test(output)) {
-        interrupted = true
-        process.kill(-child.pid!, "SIGINT")
-      }
-    }
-    child.stdout.on("data", onOutput)
-    child.stderr.on("data", onOutput)
-    child.once("exit", (code) => resolve({ code, output }))
-  })
+import { run } from "./support/scripts.ts"
 
 describe("the main job", () => {
   it("runs MeshHook workers and ends with a summary whose isolation check is 0", async () => {
@@ -103,49 +79,6 @@ describe("the main job", () => {
     expect(output).toMatch(/Usage: npm start/)
     expect(output).not.toMatch(/\n\s+at /)
   })
-})
-
-describe("the benchmark suite", () => {
-  it("a smoke run leaves the published page and charts alone, and says where it wrote", async () => {
-    const published = Path.join(root, "docs", "benchmarks.md")
-    const before = Fs.statSync(published).mtimeMs
-    const { code, output } = await run(["bench/run.ts", "--smoke", "--only", "select1"])
-    expect(code, output).toBe(0)
-    const written = /Wrote (\S+) and (\S+)/.exec(output)
-    expect(written, output).not.toBeNull()
-    for (const file of written!.slice(1)) {
-      expect(Path.relative(root, file).startsWith(".."), file).toBe(true)
-      expect(Fs.existsSync(file)).toBe(true)
-    }
-    expect(Fs.statSync(published).mtimeMs).toBe(before)
-    Fs.rmSync(Path.dirname(written![2]), { recursive: true, force: true })
-  }, 120_000)
-
-
-  it("runs every workload with every contender and writes its results and report", async () => {
-    const out = Fs.mkdtempSync(Path.join(Os.tmpdir(), "meshhook-bench-"))
-    try {
-      const { code, output } = await run(["bench/run.ts", "--smoke", "--out", out])
-      expect(code, output).toBe(0)
-      const record = JSON.parse(Fs.readFileSync(Path.join(out, "results", "smoke.json"), "utf8"))
-      expect(Object.keys(record.workloads)).toEqual(["select1", "selectByKey", "selectByKeyTenant", "meshhookJob", "meshhookJobNatural", "telemetry", "sizingTenant", "sizingJob", "spike"])
-      expect(record.noisy.map((s: { name: string }) => s.name)).toContain("@meshhook/pool, tenant-fair")
-      for (const [name, workload] of Object.entries(record.workloads) as Array<[string, { summaries: Array<any> }]>) {
-        const ours = workload.summaries[0]
-        expect(ours.name).toMatch(/^@meshhook\/pool/)
-        expect(ours.median.opsPerSecond).toBeGreaterThan(0)
-        expect(ours.median.errors).toBe(0)
-        if (!["telemetry", "sizingTenant", "sizingJob"].includes(name)) {
-          expect(workload.summaries.map((s) => s.name)).toContain("pg.Pool (defaults)")
-        }
-      }
-      const report = Fs.readFileSync(Path.join(out, "benchmarks.md"), "utf8")
-      expect(report).toMatch(/\| @meshhook\/pool \| [\d,]+ \|/)
-      expect(Fs.existsSync(Path.join(out, "bench", "smoke-selectByKey.svg"))).toBe(true)
-    } finally {
-      Fs.rmSync(out, { recursive: true, force: true })
-    }
-  }, 180_000)
 })
 
 describe.skipIf(findBinary() === undefined && process.env.MESHHOOK_REQUIRE_PGBOUNCER !== "1")("the multi-process check", () => {
