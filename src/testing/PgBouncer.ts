@@ -51,7 +51,7 @@
  *
  * @since 0.1.0
  */
-import * as Data from "effect/Data"
+import * as Schema from "effect/Schema"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
@@ -70,11 +70,12 @@ import { simpleQuery } from "./internal/simpleQuery.ts"
  * @since 0.1.0
  * @category errors
  */
-export class PgBouncerError extends Data.TaggedError("PgBouncerError")<{
-  readonly message: string
-  readonly log?: string | undefined
-  readonly cause?: unknown
-}> {}
+export class PgBouncerError extends Schema.TaggedError<PgBouncerError>()("PgBouncerError", {
+  message: Schema.String,
+  /** PgBouncer's last output lines. */
+  log: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect())
+}) {}
 
 /**
  * The PostgreSQL server PgBouncer forwards to, and its superuser: a

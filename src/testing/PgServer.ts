@@ -11,7 +11,7 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
+import * as Schema from "effect/Schema"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
@@ -30,11 +30,12 @@ import { freePort, isAlive, type RunAs, runAsUser as runAsAccount } from "./inte
  * @since 0.1.0
  * @category errors
  */
-export class PgServerError extends Data.TaggedError("PgServerError")<{
-  readonly message: string
-  readonly log?: string | undefined
-  readonly cause?: unknown
-}> {}
+export class PgServerError extends Schema.TaggedError<PgServerError>()("PgServerError", {
+  message: Schema.String,
+  /** The server's last output lines. */
+  log: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect())
+}) {}
 
 /**
  * Options for {@link make}.

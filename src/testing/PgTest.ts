@@ -22,7 +22,7 @@
 import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
+import * as Schema from "effect/Schema"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -47,11 +47,12 @@ import { splitStatements } from "./internal/sqlScript.ts"
  * @since 0.1.0
  * @category errors
  */
-export class PgTestError extends Data.TaggedError("PgTestError")<{
-  readonly message: string
-  readonly file?: string | undefined
-  readonly cause?: unknown
-}> {}
+export class PgTestError extends Schema.TaggedError<PgTestError>()("PgTestError", {
+  message: Schema.String,
+  /** The migration file that failed. */
+  file: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect())
+}) {}
 
 /**
  * Where the test database is, and a way in as its owner.

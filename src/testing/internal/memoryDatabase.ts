@@ -17,6 +17,7 @@
 import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import { ConnectionError, SqlError } from "effect/sql/SqlError"
@@ -94,18 +95,20 @@ export const describeMatch = (match: Match): string =>
   typeof match === "string" ? JSON.stringify(match) : match instanceof RegExp ? String(match) : "<predicate>"
 
 /** A statement nobody scripted an answer for: a mistake in the test, so a defect. @internal */
-export class UnscriptedStatementError extends Error {
-  readonly _tag = "UnscriptedStatementError"
-  readonly statement: Statement
-  constructor(statement: Statement, scripted: ReadonlyArray<Reply>) {
-    const left = scripted.filter((reply) => reply.times > 0).map((reply) => describeMatch(reply.match))
-    super(
-      `PoolTest: no scripted reply for ${JSON.stringify(squeeze(statement.sql))}` +
-        ` (tenant ${statement.tenant ?? "none"}); replies left: ${left.length === 0 ? "none" : left.join(", ")}`
-    )
-    this.name = "UnscriptedStatementError"
-    this.statement = statement
-  }
+export class UnscriptedStatementError extends Schema.TaggedError<UnscriptedStatementError>()("UnscriptedStatementError", {
+  message: Schema.String,
+  /** The statement, as the pool sent it. */
+  statement: Schema.Unknown
+}) {}
+
+/** The defect for `statement`, naming the replies still scripted. */
+const unscripted = (statement: Statement, scripted: ReadonlyArray<Reply>): UnscriptedStatementError => {
+  const left = scripted.filter((reply) => reply.times > 0).map((reply) => describeMatch(reply.match))
+  return new UnscriptedStatementError({
+    statement,
+    message: `PoolTest: no scripted reply for ${JSON.stringify(squeeze(statement.sql))}` +
+      ` (tenant ${statement.tenant ?? "none"}); replies left: ${left.length === 0 ? "none" : left.join(", ")}`
+  })
 }
 
 const answer = (command: string, rows: ReadonlyArray<unknown> = []): Wire.Answer => ({
@@ -242,7 +245,7 @@ export class MemoryConnection {
       const reply = this.database.replies.find((r) => r.times > 0 && matches(r.match, statement))
       if (reply === undefined) {
         if (this.database.unmatched === "empty") return Effect.succeed(answer(commandOf(query.sql)))
-        return Effect.die(new UnscriptedStatementError(statement, this.database.replies))
+        return Effect.die(unscripted(statement, this.database.replies))
       }
       ;(reply as { times: number }).times--
       const scripted = reply.answer

@@ -10,6 +10,7 @@
 import * as PgAuth from "@effect/sql-pg/PgAuth"
 import * as PgProtocol from "@effect/sql-pg/PgProtocol"
 import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
 import { randomBytes } from "node:crypto"
 import * as Net from "node:net"
 
@@ -31,15 +32,19 @@ export type Row = Readonly<Record<string, string | null>>
  *
  * @internal
  */
-export class ServerError extends Error {
-  readonly code: string | undefined
-  readonly severity: string | undefined
-  constructor(fields: PgProtocol.ErrorFields) {
-    super(fields.message ?? "unknown server error")
-    this.code = fields.code
-    this.severity = fields.severityUnlocalized ?? fields.severity
-  }
-}
+export class ServerError extends Schema.TaggedError<ServerError>()("ServerError", {
+  message: Schema.String,
+  code: Schema.optional(Schema.String),
+  severity: Schema.optional(Schema.String)
+}) {}
+
+/** The {@link ServerError} an `ErrorResponse`'s fields describe. */
+const serverError = (fields: PgProtocol.ErrorFields): ServerError =>
+  new ServerError({
+    message: fields.message ?? "unknown server error",
+    ...(fields.code === undefined ? {} : { code: fields.code }),
+    ...((fields.severityUnlocalized ?? fields.severity) === undefined ? {} : { severity: fields.severityUnlocalized ?? fields.severity })
+  })
 
 /**
  * A logged-in session; one command at a time.
@@ -167,7 +172,7 @@ export const connect = (target: Target, timeoutMillis = 5_000): Promise<Session>
           ))
           return
         case "ErrorResponse":
-          error = new ServerError(message.fields)
+          error = serverError(message.fields)
           // A FATAL error, or any error before the login completed, ends the connection.
           if (!loggedIn || error.severity === "FATAL") fail(error)
           return
