@@ -629,7 +629,19 @@ export const resolve = (given: Options): Effect.Effect<Resolved, PoolConfigError
       checks.push(result)
       return result.ok ? result.value : (undefined as A)
     }
-    const firstError = () => checks.find((c): c is { ok: false; error: PoolConfigError } => !c.ok)?.error
+    const failed = () => checks.flatMap((c) => c.ok ? [] : [c.error])
+    const firstError = (): PoolConfigError | undefined => failed()[0]
+    /** The first failed check, carrying the others: one run shows every wrong option. */
+    const everyError = (): PoolConfigError | undefined => {
+      const [first, ...others] = failed()
+      if (first === undefined || others.length === 0) return first
+      return new PoolConfigError({
+        field: first.field,
+        value: first.value,
+        reason: first.reason,
+        others: others.map(({ field, value, reason }) => ({ field, value, reason }))
+      })
+    }
 
     const rawUrl = options.url === undefined
       ? undefined
@@ -786,7 +798,7 @@ export const resolve = (given: Options): Effect.Effect<Resolved, PoolConfigError
       integer("tenantMetricsLimit", options.tenantMetricsLimit, defaults.tenantMetricsLimit, 0)
     )
 
-    const error = firstError()
+    const error = everyError()
     if (error !== undefined) return Effect.fail(error)
     return Effect.succeed<Resolved>({
       name,

@@ -128,11 +128,15 @@ export class PoolConfigError extends Schema.TaggedError<PoolConfigError>()("Pool
   /** The value given, rendered for humans; `<redacted>` for secrets. */
   value: Schema.String,
   /** What is wrong with it. */
-  reason: Schema.String
+  reason: Schema.String,
+  /** The other options found wrong in the same check, so that one run shows them all. */
+  others: Schema.optional(Schema.Array(Schema.Struct({ field: Schema.String, value: Schema.String, reason: Schema.String })))
 }) {
   readonly [TypeId] = TypeId
   override get message(): string {
-    return `Invalid pool option ${this.field} = ${this.value}: ${this.reason}`
+    const others = this.others ?? []
+    return `Invalid pool option ${this.field} = ${this.value}: ${this.reason}` +
+      (others.length === 0 ? "" : `; and ${others.map((o) => `${o.field} = ${o.value}: ${o.reason}`).join("; ")}`)
   }
 }
 

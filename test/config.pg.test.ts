@@ -95,6 +95,14 @@ describe("PoolConfig.resolve", () => {
       }))
   }
 
+  it.effect("reports every wrong option at once, not only the first", () =>
+    Effect.gen(function*() {
+      const error = yield* configError({ ...valid, min: -1, max: 0, pipelineDepth: 0, acquireTimeout: "soon" as never })
+      assert.strictEqual(error.field, "min")
+      assert.sameMembers((error.others ?? []).map((other) => other.field), ["max", "pipelineDepth", "acquireTimeout"])
+      for (const field of ["min", "max", "pipelineDepth", "acquireTimeout"]) assert.include(error.message, `${field} = `)
+    }))
+
   it.effect("reads PgClient's option names with the same meaning", () =>
     Effect.gen(function*() {
       const resolved = yield* PoolConfig.resolve({
