@@ -138,6 +138,8 @@ export const stream = (
         if (PoolError.fromSqlError(error)?._tag === "SessionStateNotAllowedError") return Queue.fail(out, error)
         const first = missed === undefined
         missed ??= error
+        // Doubling from `retryBase`, counted afresh after each start (not a retry Schedule, whose state
+        // would run on across the starts in between).
         failures++
         const pause = Math.min(max, base * 2 ** Math.min(failures - 1, 20))
         return Effect.andThen(

@@ -29,6 +29,7 @@
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
 import { AuthorizationError, ConnectionError, SqlError, StatementTimeoutError } from "effect/sql/SqlError"
+import { stackless } from "./internal/stackless.ts"
 
 const TypeId = "~@meshhook/pool/PoolError" as const
 
@@ -344,22 +345,6 @@ export const toSqlError = (error: PoolError): SqlError => {
   )
 }
 
-/**
- * Builds errors without capturing JavaScript stacks: for the pool's
- * refusals, whose stack says nothing the error does not (the caller's place
- * is in its span), and which come in floods when the pool sheds load.
- *
- * @internal
- */
-export const stackless = <A>(make: () => A): A => {
-  const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 0
-  try {
-    return make()
-  } finally {
-    Error.stackTraceLimit = limit
-  }
-}
 
 /** Refusals of what the caller asked, rather than of when: they come back as authorization errors. */
 const refusesWhatWasAsked = (error: PoolError): boolean =>

@@ -38,10 +38,10 @@ import {
   type PoolError,
   PoolSaturatedError,
   PoolTimeoutError,
-  stackless,
   TenantQuotaExceededError
 } from "../PoolError.ts"
 import { Circuit } from "./circuit.ts"
+import { stackless } from "./stackless.ts"
 import { Entry, expiryFor } from "./entry.ts"
 import type * as Sizing from "./sizing.ts"
 import { describe, isFatalConnectError, isOutOfSlots } from "./sqlState.ts"
@@ -253,15 +253,15 @@ export const make = <C>(
     let lastConnectError: string | undefined
     let limit = options.max
 
-    // Measurements for adaptive sizing, since the last sample.
-    let intervalStart = now()
-    let completions = 0
-    let acquisitions = 0
-    let waitedTotal = 0
-    let refused = 0
-    // Since the pool started, for `stats`.
+    // Checkouts since the pool started, and the time they waited in line: for `stats`, and by difference
+    // for adaptive sizing.
     let checkouts = 0
     let checkoutWaitMillis = 0
+    // Measurements for adaptive sizing, since the last sample.
+    let intervalStart = now()
+    let sampled = { checkouts: 0, checkoutWaitMillis: 0 }
+    let completions = 0
+    let refused = 0
     let peakUsed = 0
     /** Checkouts held right now (a connection alone, or one share), and their time-weighted sum. */
     let busy = 0
@@ -318,8 +318,6 @@ export const make = <C>(
 
     /** A checkout made, after `waited` ms in line: for sizing, `stats` and the metrics. */
     const counted = (flow: string, waited: number): void => {
-      acquisitions++
-      waitedTotal += waited
       checkouts++
       checkoutWaitMillis += waited
       events.acquired?.(flow, waited)
@@ -812,10 +810,11 @@ export const make = <C>(
     const sample = (): Sizing.Sample => {
       const at = now()
       busyChanged(0)
+      const acquisitions = checkouts - sampled.checkouts
       const taken: Sizing.Sample = {
         completions,
         serviceMillis: completions === 0 ? 0 : busyArea / completions,
-        waitMillis: acquisitions === 0 ? 0 : waitedTotal / acquisitions,
+        waitMillis: acquisitions === 0 ? 0 : (checkoutWaitMillis - sampled.checkoutWaitMillis) / acquisitions,
         pending: waiters.size,
         peakUsed: Math.max(peakUsed, entries.size - idle.length),
         open: entries.size,
@@ -823,7 +822,8 @@ export const make = <C>(
         intervalMillis: at - intervalStart
       }
       intervalStart = at
-      completions = acquisitions = waitedTotal = refused = busyArea = 0
+      sampled = { checkouts, checkoutWaitMillis }
+      completions = refused = busyArea = 0
       peakUsed = entries.size - idle.length
       return taken
     }

@@ -450,10 +450,6 @@ export class Lease implements Connection {
   }
 
   /**
-   * Retires the connection whose session the prologue refused and sends the
-   * cycle again on another (with its `BEGIN`, if it carried the caller's).
-   */
-  /**
    * Whether the lease may go on on another connection: this one is lost, the
    * cycle that found it so is the lease's first and only one, and it is not
    * already a second attempt.
@@ -462,6 +458,11 @@ export class Lease implements Connection {
     return !retried && this.sent === 1 && this.inFlight === 0 && this.wire.dead()
   }
 
+  /**
+   * Retires the connection whose session the prologue refused (or that was
+   * found lost) and sends the cycle again on another (with its `BEGIN`, if it
+   * carried the caller's).
+   */
   private onAnotherConnection(
     query: Wire.Query | undefined,
     reading: SqlText.Reading | undefined,
