@@ -84,7 +84,7 @@ export const make = (
         : undefined
       // An unsampled span is never exported: skip its attributes.
       const span = parent?._tag === "Span" && parent.sampled ? parent : undefined
-      if (span !== undefined) rename(span, `${operation} ${options.database}`)
+      if (span !== undefined) rename(span, spanName(operation))
       span?.attribute("db.operation.name", operation)
       if (tenant !== undefined) span?.attribute(tenantAttribute, tenant)
       const started = performance.now()
@@ -116,6 +116,15 @@ export const make = (
    * before the statement is read, after the database alone. An exported span
    * (`@effect/opentelemetry`'s) carries the OpenTelemetry span it renames.
    */
+  const spanNames = new Map<string, string>()
+  /** `{operation} {database}`, built once per operation (first keywords are few) rather than per statement. */
+  const spanName = (operation: string): string => {
+    const known = spanNames.get(operation)
+    if (known !== undefined) return known
+    const name = `${operation} ${options.database}`
+    if (spanNames.size < 256) spanNames.set(operation, name)
+    return name
+  }
   const rename = (span: Tracer.Span, name: string): void => {
     ;(span as { name: string }).name = name
     ;(span as { readonly span?: { readonly updateName?: (name: string) => unknown } }).span?.updateName?.(name)
