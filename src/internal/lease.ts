@@ -472,6 +472,11 @@ export class Lease implements Connection {
       Effect.suspend(() => {
         this.context.engine.invalidate(this.entry)
         return Effect.flatMap(restore(this.context.acquire(this.scope)), (entry) => {
+          // Given back meanwhile (a fiber that outlived its transaction): the new connection is not the lease's.
+          if (this.returned) {
+            this.context.engine.release(entry)
+            return fail(new PoolError.ConnectionReleasedError())
+          }
           this.entry = entry
           this.wire = entry.connection
           this.sent = 0
