@@ -9,14 +9,14 @@ import * as Scheduler from "../src/internal/scheduler.ts"
 
 interface TestWaiter extends Scheduler.Waiting {
   readonly id: number
-  readonly inFlow: Link<TestWaiter>
+  readonly inLane: Link<TestWaiter>
 }
 
 let ids = 0
-const waiter = (flow: string, priority: Scheduler.Priority = "normal", shared = false): TestWaiter => ({
+const waiter = (tenant: string, priority: Scheduler.Priority = "normal", shared = false): TestWaiter => ({
   id: ids++,
-  request: { flow, priority, shared },
-  inFlow: new Link()
+  request: { tenant, priority, shared },
+  inLane: new Link()
 })
 
 const fair = (options: Partial<Scheduler.FairnessOptions> = {}) =>
@@ -46,28 +46,28 @@ describe("Scheduler", () => {
       tenantWeight: () => 1,
       tenantMaxInUse: Infinity
     })
-    const waiters = ["a", "a", "b", "a", "c"].map((flow) => waiter(flow))
+    const waiters = ["a", "a", "b", "a", "c"].map((tenant) => waiter(tenant))
     waiters.forEach(scheduler.push)
     assert.deepStrictEqual(drain(scheduler, 10), waiters)
   })
 
   it("serves tenants in proportion to their weights, first come first served within each", () => {
     const weights: Record<string, number> = { a: 1, b: 2, c: 3 }
-    const scheduler = fair({ tenantWeight: (flow) => weights[flow] })
-    const byFlow: Record<string, Array<TestWaiter>> = { a: [], b: [], c: [] }
+    const scheduler = fair({ tenantWeight: (tenant) => weights[tenant] })
+    const byTenant: Record<string, Array<TestWaiter>> = { a: [], b: [], c: [] }
     for (let i = 0; i < 40; i++) {
-      for (const flow of ["a", "b", "c"]) {
-        const w = waiter(flow)
-        byFlow[flow].push(w)
+      for (const tenant of ["a", "b", "c"]) {
+        const w = waiter(tenant)
+        byTenant[tenant].push(w)
         scheduler.push(w)
       }
     }
     const served = drain(scheduler, 60)
-    const count = (flow: string) => served.filter((w) => w.request.flow === flow).length
+    const count = (tenant: string) => served.filter((w) => w.request.tenant === tenant).length
     assert.deepStrictEqual([count("a"), count("b"), count("c")], [10, 20, 30])
-    for (const flow of ["a", "b", "c"]) {
-      const order = served.filter((w) => w.request.flow === flow)
-      assert.deepStrictEqual(order, byFlow[flow].slice(0, order.length))
+    for (const tenant of ["a", "b", "c"]) {
+      const order = served.filter((w) => w.request.tenant === tenant)
+      assert.deepStrictEqual(order, byTenant[tenant].slice(0, order.length))
     }
   })
 
@@ -123,10 +123,10 @@ describe("Scheduler", () => {
     const scheduler = fair({ tenantMaxInUse: 5 })
     const waiters = Array.from({ length: 10_000 }, (_, i) => waiter(`tenant-${i}`))
     waiters.forEach(scheduler.push)
-    assert.strictEqual(scheduler.flows(), 10_000)
+    assert.strictEqual(scheduler.lanes(), 10_000)
     for (const w of waiters.slice(0, 5_000)) scheduler.remove(w)
     drain(scheduler, 5_000)
-    assert.strictEqual(scheduler.flows(), 0)
+    assert.strictEqual(scheduler.lanes(), 0)
     assert.strictEqual(scheduler.size(), 0)
   })
 
@@ -152,14 +152,14 @@ describe("Scheduler", () => {
 
   it("serves every waiter within a bound, whatever the arrivals (property)", () => {
     const arrival = fc.record({
-      flow: fc.constantFrom("a", "b", "c", "d", "e"),
+      tenant: fc.constantFrom("a", "b", "c", "d", "e"),
       priority: fc.constantFrom<Scheduler.Priority>("high", "normal", "low"),
       picksBefore: fc.nat(3)
     })
     const weights: Record<string, number> = { a: 1, b: 2, c: 3, d: 1, e: 5 }
     fc.assert(
       fc.property(fc.array(arrival, { minLength: 1, maxLength: 300 }), (arrivals) => {
-        const scheduler = fair({ tenantWeight: (flow) => weights[flow] })
+        const scheduler = fair({ tenantWeight: (tenant) => weights[tenant] })
         const arrivedAt = new Map<TestWaiter, number>()
         const queuedAhead = new Map<TestWaiter, number>()
         let picks = 0
@@ -175,8 +175,8 @@ describe("Scheduler", () => {
         }
         for (const a of arrivals) {
           for (let i = 0; i < a.picksBefore; i++) pick()
-          const w = waiter(a.flow, a.priority)
-          queuedAhead.set(w, scheduler.queued(a.flow))
+          const w = waiter(a.tenant, a.priority)
+          queuedAhead.set(w, scheduler.queued(a.tenant))
           arrivedAt.set(w, picks)
           scheduler.push(w)
         }

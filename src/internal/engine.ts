@@ -134,7 +134,7 @@ export interface EngineOptions extends
   /** Source of the lifetime jitter; `Math.random` unless a test fixes it. */
   readonly random?: (() => number) | undefined
   /** A tenant as errors name it (`tenantTelemetry`); the id itself unless given. */
-  readonly tenantName?: ((flow: string) => string) | undefined
+  readonly tenantName?: ((tenant: string) => string) | undefined
 }
 
 /**
@@ -173,8 +173,8 @@ export interface Engine<C> {
    * run it where interruption cannot come between the two.
    */
   readonly acquire: (request: Scheduler.Request) => Effect.Effect<Entry<C>, PoolError>
-  /** A share for an autocommit statement of tenant `flow` (`""` for none) when one is free and nobody waits: the fast path. */
-  readonly shareNow: (flow: string) => Entry<C> | undefined
+  /** A share for an autocommit statement of tenant `tenant` (`""` for none) when one is free and nobody waits: the fast path. */
+  readonly shareNow: (tenant: string) => Entry<C> | undefined
   /** Gives a connection (or a share of one) back; it goes to the next waiter, or idles. */
   readonly release: (entry: Entry<C>) => void
   /**
@@ -205,7 +205,7 @@ export interface Engine<C> {
 interface Waiter<C> extends Scheduler.Waiting {
   /** Its place in the pool-wide arrival order, for timeouts. */
   readonly arrival: Link<Waiter<C>>
-  readonly inFlow: Link<Waiter<C>>
+  readonly inLane: Link<Waiter<C>>
   readonly resume: (effect: Effect.Effect<Entry<C>, PoolError>) => void
   readonly enqueuedAt: number
   readonly deadline: number
@@ -214,9 +214,9 @@ interface Waiter<C> extends Scheduler.Waiting {
 }
 
 /** A share request of a tenant's, made once per tenant while it is the last one asked for. */
-let lastShare: Scheduler.Request = { flow: "", priority: "normal", shared: true }
-const shareRequest = (flow: string): Scheduler.Request =>
-  lastShare.flow === flow ? lastShare : (lastShare = { flow, priority: "normal", shared: true })
+let lastShare: Scheduler.Request = { tenant: "", priority: "normal", shared: true }
+const shareRequest = (tenant: string): Scheduler.Request =>
+  lastShare.tenant === tenant ? lastShare : (lastShare = { tenant, priority: "normal", shared: true })
 
 /**
  * Starts an engine: connects once to prove the database is there, then keeps
@@ -295,11 +295,11 @@ export const make = <C>(
         entry.borrowers++
       } else {
         entry.state = "used"
-        entry.holder = request.flow
+        entry.holder = request.tenant
         entry.takenAt = now()
         entry.origin = request.origin?.()
         entry.leakReported = false
-        scheduler.acquired(request.flow)
+        scheduler.acquired(request.tenant)
       }
       return entry
     }
@@ -317,16 +317,16 @@ export const make = <C>(
     }
 
     /** A checkout made, after `waited` ms in line: for sizing, `stats` and the metrics. */
-    const counted = (flow: string, waited: number): void => {
+    const counted = (tenant: string, waited: number): void => {
       checkouts++
       checkoutWaitMillis += waited
-      events.acquired?.(flow, waited)
+      events.acquired?.(tenant, waited)
     }
 
     const serve = (waiter: Waiter<C>, entry: Entry<C>): void => {
       waiter.entry = checkout(entry, waiter.request)
       const waited = now() - waiter.enqueuedAt
-      counted(waiter.request.flow, waited)
+      counted(waiter.request.tenant, waited)
       settle(waiter, Effect.succeed(entry))
     }
 
@@ -534,7 +534,7 @@ export const make = <C>(
       const at = now()
       if (head.deadline > at) return Effect.andThen(Effect.sleep(head.deadline - at), sweepTimeouts)
       leave(head)
-      events.rejected?.("timeout", head.request.flow)
+      events.rejected?.("timeout", head.request.tenant)
       settle(
         head,
         Effect.fail(
@@ -586,7 +586,7 @@ export const make = <C>(
         const waiter: Waiter<C> = {
           request,
           arrival: new Link(),
-          inFlow: new Link(),
+          inLane: new Link(),
           resume,
           enqueuedAt: at,
           deadline: at + options.acquireTimeout,
@@ -612,7 +612,7 @@ export const make = <C>(
       })
 
     const saturated = (request: Scheduler.Request) => {
-      events.rejected?.("saturated", request.flow)
+      events.rejected?.("saturated", request.tenant)
       return Effect.fail(stackless(() => new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: entries.size })))
     }
 
@@ -620,9 +620,9 @@ export const make = <C>(
      * A share right now for a statement without a tenant, when one is free,
      * nobody waits and no idle connection would need proving first.
      */
-    const shareNow = (flow: string): Entry<C> | undefined => {
+    const shareNow = (tenant: string): Entry<C> | undefined => {
       if (closed || waiters.size > 0) return undefined
-      const request = shareRequest(flow)
+      const request = shareRequest(tenant)
       let share = takeShare(request)
       if (share === undefined) {
         // A spent top would be closed and the one under it lent unproven: the slow path validates.
@@ -631,7 +631,7 @@ export const make = <C>(
         if (top === undefined || staleSince(top, at) || top.isSpent(at, options.maxUses)) return undefined
         share = takeIdle(request)
       }
-      if (share !== undefined) counted(flow, 0)
+      if (share !== undefined) counted(tenant, 0)
       return share
     }
 
@@ -659,7 +659,7 @@ export const make = <C>(
       )
 
     const circuitOpenError = (request: Scheduler.Request) => {
-      events.rejected?.("circuit_open", request.flow)
+      events.rejected?.("circuit_open", request.tenant)
       return new DatabaseUnavailableError({
         reason: `the database is unreachable (circuit open)${lastConnectError === undefined ? "" : `; last: ${lastConnectError}`}`,
         attempts
@@ -669,11 +669,11 @@ export const make = <C>(
     const acquire = (request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
       Effect.suspend(() => {
         if (closed) return Effect.fail(new PoolClosedError())
-        if (waiters.size === 0 && scheduler.mayTake(request.flow)) {
+        if (waiters.size === 0 && scheduler.mayTake(request.tenant)) {
           const at = now()
           const entry = request.shared ? takeShare(request) ?? takeIdle(request) : takeIdle(request)
           if (entry !== undefined) {
-            counted(request.flow, 0)
+            counted(request.tenant, 0)
             return entry.state === "used" || entry.borrowers === 1
               ? staleSince(entry, at) ? validated(entry, request) : Effect.succeed(entry)
               : Effect.succeed(entry)
@@ -681,15 +681,15 @@ export const make = <C>(
         }
         if (circuit.isOpen) return Effect.fail(circuitOpenError(request))
         if (waiters.size >= options.maxWaiting) return saturated(request)
-        if (request.flow !== "" && options.tenantMaxQueued !== Infinity) {
-          const queued = scheduler.queued(request.flow)
+        if (request.tenant !== "" && options.tenantMaxQueued !== Infinity) {
+          const queued = scheduler.queued(request.tenant)
           if (queued >= options.tenantMaxQueued) {
-            events.rejected?.("tenant_quota", request.flow)
+            events.rejected?.("tenant_quota", request.tenant)
             return Effect.fail(
               new TenantQuotaExceededError({
                 limit: "tenantMaxQueued",
                 max: options.tenantMaxQueued,
-                tenant: options.tenantName?.(request.flow) ?? request.flow
+                tenant: options.tenantName?.(request.tenant) ?? request.tenant
               })
             )
           }

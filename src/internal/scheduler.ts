@@ -6,7 +6,7 @@
  * `tenant`: weighted fair queueing across tenants, by deficit round-robin on
  * two levels. Priority classes (`high`, `normal`, `low`) take turns by their
  * weights, so a busy lower class still gets its share; within a class, each
- * tenant with waiters (a flow) takes turns by its weight, first come first
+ * tenant with waiters (a lane) takes turns by its weight, first come first
  * served within the tenant. A tenant with no waiters costs nothing and holds
  * no state, so a flood of distinct tenant ids cannot grow memory beyond the
  * callers actually waiting. A tenant at its in-use limit is passed over until
@@ -26,7 +26,7 @@ export type Priority = Level
 /** What a caller asks for. @internal */
 export interface Request {
   /** The tenant's id, or `""` for work without one. */
-  readonly flow: string
+  readonly tenant: string
   readonly priority: Priority
   /** A share of a connection for one autocommit statement, rather than a connection alone. */
   readonly shared: boolean
@@ -37,7 +37,7 @@ export interface Request {
 /** A waiting caller, as the scheduler sees it. @internal */
 export interface Waiting {
   readonly request: Request
-  readonly inFlow: Link<any>
+  readonly inLane: Link<any>
 }
 
 /** @internal */
@@ -45,7 +45,7 @@ export interface FairnessOptions {
   readonly mode: "fifo" | "tenant"
   readonly priorityWeights: Readonly<Record<Priority, number>>
   /** The weight of a tenant not listed in `tenantWeights`. */
-  readonly tenantWeight: (flow: string) => number
+  readonly tenantWeight: (tenant: string) => number
   /** Connections one tenant may hold at once. */
   readonly tenantMaxInUse: number
 }
@@ -59,18 +59,18 @@ export interface Scheduler<W extends Waiting> {
   /** The next waiter that wants a share, for spare capacity of a shared connection. */
   readonly nextShare: () => W | undefined
   /** Whether a tenant's next request may take a connection without waiting. */
-  readonly mayTake: (flow: string) => boolean
+  readonly mayTake: (tenant: string) => boolean
   /** Waiters of one tenant. */
-  readonly queued: (flow: string) => number
-  /** Counts a connection as held by `flow`, for its in-use limit. */
-  readonly acquired: (flow: string) => void
-  readonly released: (flow: string) => void
-  /** Waiters in all. (With `flows`, what the tests read to prove that nothing is kept for tenants gone.) */
+  readonly queued: (tenant: string) => number
+  /** Counts a connection as held by `tenant`, for its in-use limit. */
+  readonly acquired: (tenant: string) => void
+  readonly released: (tenant: string) => void
+  /** Waiters in all. (With `lanes`, what the tests read to prove that nothing is kept for tenants gone.) */
   readonly size: () => number
   /** Waiters for a share of a connection, for the engine's demand. */
   readonly sharedWaiting: () => number
   /** Flows the scheduler keeps state for: one per tenant and priority with waiters. */
-  readonly flows: () => number
+  readonly lanes: () => number
 }
 
 const priorities: ReadonlyArray<Priority> = ["high", "normal", "low"]
@@ -80,7 +80,7 @@ export const make = <W extends Waiting>(options: FairnessOptions): Scheduler<W> 
   options.mode === "fifo" ? makeFifo<W>() : makeFair<W>(options)
 
 const makeFifo = <W extends Waiting>(): Scheduler<W> => {
-  const queue = new LinkedQueue<W>((w) => w.inFlow)
+  const queue = new LinkedQueue<W>((w) => w.inLane)
   let shared = 0
   const take = (waiter: W | undefined): W | undefined => {
     if (waiter !== undefined) {
@@ -105,38 +105,38 @@ const makeFifo = <W extends Waiting>(): Scheduler<W> => {
     released: () => {},
     size: () => queue.size,
     sharedWaiting: () => shared,
-    flows: () => queue.size > 0 ? 1 : 0
+    lanes: () => queue.size > 0 ? 1 : 0
   }
 }
 
 /** A tenant with waiters, or holding connections under an in-use limit. */
-interface Flow<W> {
+interface Lane<W> {
   readonly key: string
   readonly weight: number
   readonly queue: LinkedQueue<W>
-  readonly inRing: Link<Flow<W>>
+  readonly inRing: Link<Lane<W>>
   /** Turns left in the current round. */
   credit: number
 }
 
-/** A priority class: its flows with waiters, in round-robin order. */
+/** A priority class: its lanes with waiters, in round-robin order. */
 interface Class<W> {
   readonly weight: number
-  readonly ring: LinkedQueue<Flow<W>>
-  cursor: Flow<W> | undefined
+  readonly ring: LinkedQueue<Lane<W>>
+  cursor: Lane<W> | undefined
   credit: number
   waiting: number
 }
 
 const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => {
-  const flows = new Map<string, Flow<W>>()
+  const lanes = new Map<string, Lane<W>>()
   const classes: Record<Priority, Class<W>> = {
     high: makeClass(options.priorityWeights.high),
     normal: makeClass(options.priorityWeights.normal),
     low: makeClass(options.priorityWeights.low)
   }
-  /** Which flow a waiter is queued in: its priority class has a flow per tenant. */
-  const flowKey = (request: Request) => `${request.priority}\u0000${request.flow}`
+  /** Which lane a waiter is queued in: its priority class has a lane per tenant. */
+  const laneKey = (request: Request) => `${request.priority}\u0000${request.tenant}`
   let classCursor = 0
   let size = 0
   let sharedWaiting = 0
@@ -144,73 +144,73 @@ const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => 
   /** Connections held per tenant, only kept under an in-use limit. */
   const inUse = new Map<string, number>()
 
-  const eligible = (flow: Flow<W>, wantShare: boolean): boolean => {
-    const head = flow.queue.peek()
+  const eligible = (lane: Lane<W>, wantShare: boolean): boolean => {
+    const head = lane.queue.peek()
     if (head === undefined) return false
     if (wantShare) return head.request.shared
-    return !limited || head.request.flow === "" || (inUse.get(head.request.flow) ?? 0) < options.tenantMaxInUse
+    return !limited || head.request.tenant === "" || (inUse.get(head.request.tenant) ?? 0) < options.tenantMaxInUse
   }
 
-  const flowFor = (waiter: W): Flow<W> => {
-    const key = flowKey(waiter.request)
-    let flow = flows.get(key)
-    if (flow === undefined) {
-      flow = {
+  const laneFor = (waiter: W): Lane<W> => {
+    const key = laneKey(waiter.request)
+    let lane = lanes.get(key)
+    if (lane === undefined) {
+      lane = {
         key,
-        weight: options.tenantWeight(waiter.request.flow),
-        queue: new LinkedQueue<W>((w) => w.inFlow),
+        weight: options.tenantWeight(waiter.request.tenant),
+        queue: new LinkedQueue<W>((w) => w.inLane),
         inRing: new Link(),
         credit: 0
       }
-      flows.set(key, flow)
+      lanes.set(key, lane)
     }
-    return flow
+    return lane
   }
 
-  /** Drops a flow that has no waiters left; the round goes on with the one after it. */
-  const forget = (flow: Flow<W>, cls: Class<W>): void => {
-    if (flow.queue.size > 0) return
-    if (cls.cursor === flow) {
-      const next = flow.inRing.next ?? (cls.ring.peek() === flow ? undefined : cls.ring.peek())
+  /** Drops a lane that has no waiters left; the round goes on with the one after it. */
+  const forget = (lane: Lane<W>, cls: Class<W>): void => {
+    if (lane.queue.size > 0) return
+    if (cls.cursor === lane) {
+      const next = lane.inRing.next ?? (cls.ring.peek() === lane ? undefined : cls.ring.peek())
       cls.cursor = next
       if (next !== undefined) next.credit = next.weight
     }
-    cls.ring.remove(flow)
-    flows.delete(flow.key)
+    cls.ring.remove(lane)
+    lanes.delete(lane.key)
   }
 
-  const taken = (waiter: W, flow: Flow<W>): W => {
+  const taken = (waiter: W, lane: Lane<W>): W => {
     const cls = classes[waiter.request.priority]
-    flow.queue.remove(waiter)
+    lane.queue.remove(waiter)
     cls.waiting--
     size--
     if (waiter.request.shared) sharedWaiting--
-    forget(flow, cls)
+    forget(lane, cls)
     return waiter
   }
 
-  /** Deficit round-robin over one class's flows: each flow serves up to its weight per turn. */
+  /** Deficit round-robin over one class's lanes: each lane serves up to its weight per turn. */
   const pickIn = (cls: Class<W>, wantShare: boolean): W | undefined => {
     for (let visited = 0; visited <= cls.ring.size; visited++) {
-      let flow = cls.cursor
-      if (flow === undefined) {
-        flow = cls.ring.peek()
-        if (flow === undefined) return undefined
-        cls.cursor = flow
-        flow.credit = flow.weight
+      let lane = cls.cursor
+      if (lane === undefined) {
+        lane = cls.ring.peek()
+        if (lane === undefined) return undefined
+        cls.cursor = lane
+        lane.credit = lane.weight
       }
-      if (flow.credit > 0 && eligible(flow, wantShare)) {
-        flow.credit--
-        return taken(flow.queue.peek()!, flow)
+      if (lane.credit > 0 && eligible(lane, wantShare)) {
+        lane.credit--
+        return taken(lane.queue.peek()!, lane)
       }
-      const next = flow.inRing.next ?? cls.ring.peek()!
+      const next = lane.inRing.next ?? cls.ring.peek()!
       cls.cursor = next
       next.credit = next.weight
     }
     return undefined
   }
 
-  /** Deficit round-robin over the classes, then over the chosen class's flows. */
+  /** Deficit round-robin over the classes, then over the chosen class's lanes. */
   const pick = (wantShare: boolean): W | undefined => {
     for (let visited = 0; visited <= priorities.length; visited++) {
       const cls = classes[priorities[classCursor]]
@@ -230,52 +230,52 @@ const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => 
 
   return {
     push: (waiter) => {
-      const flow = flowFor(waiter)
+      const lane = laneFor(waiter)
       const cls = classes[waiter.request.priority]
-      flow.queue.push(waiter)
+      lane.queue.push(waiter)
       // A tenant that starts waiting joins at the end of the current round, just behind the cursor: at
       // the ring's tail, a stream of new tenants would keep the cursor from ever coming back round.
-      if (!flow.inRing.queued) {
-        if (cls.cursor === undefined) cls.ring.push(flow)
-        else cls.ring.insertBefore(flow, cls.cursor)
+      if (!lane.inRing.queued) {
+        if (cls.cursor === undefined) cls.ring.push(lane)
+        else cls.ring.insertBefore(lane, cls.cursor)
       }
       cls.waiting++
       size++
       if (waiter.request.shared) sharedWaiting++
     },
     remove: (waiter) => {
-      const flow = flows.get(flowKey(waiter.request))
-      if (flow === undefined || !waiter.inFlow.queued) return
-      taken(waiter, flow)
+      const lane = lanes.get(laneKey(waiter.request))
+      if (lane === undefined || !waiter.inLane.queued) return
+      taken(waiter, lane)
     },
     next: () => pick(false),
     // Spare room on a shared connection goes to work without a tenant, but not
     // past callers waiting for a connection alone: shared connections must drain.
     nextShare: () => size === sharedWaiting ? pick(true) : undefined,
-    mayTake: (flow) => !limited || flow === "" || (inUse.get(flow) ?? 0) < options.tenantMaxInUse,
-    queued: (flow) => {
+    mayTake: (tenant) => !limited || tenant === "" || (inUse.get(tenant) ?? 0) < options.tenantMaxInUse,
+    queued: (tenant) => {
       let count = 0
-      for (const priority of priorities) count += flows.get(`${priority}\u0000${flow}`)?.queue.size ?? 0
+      for (const priority of priorities) count += lanes.get(`${priority}\u0000${tenant}`)?.queue.size ?? 0
       return count
     },
-    acquired: (flow) => {
-      if (limited && flow !== "") inUse.set(flow, (inUse.get(flow) ?? 0) + 1)
+    acquired: (tenant) => {
+      if (limited && tenant !== "") inUse.set(tenant, (inUse.get(tenant) ?? 0) + 1)
     },
-    released: (flow) => {
-      if (!limited || flow === "") return
-      const held = (inUse.get(flow) ?? 1) - 1
-      if (held === 0) inUse.delete(flow)
-      else inUse.set(flow, held)
+    released: (tenant) => {
+      if (!limited || tenant === "") return
+      const held = (inUse.get(tenant) ?? 1) - 1
+      if (held === 0) inUse.delete(tenant)
+      else inUse.set(tenant, held)
     },
     size: () => size,
     sharedWaiting: () => sharedWaiting,
-    flows: () => flows.size
+    lanes: () => lanes.size
   }
 }
 
 const makeClass = <W>(weight: number): Class<W> => ({
   weight,
-  ring: new LinkedQueue<Flow<W>>((flow) => flow.inRing),
+  ring: new LinkedQueue<Lane<W>>((lane) => lane.inRing),
   cursor: undefined,
   credit: weight,
   waiting: 0

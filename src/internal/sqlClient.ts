@@ -234,14 +234,14 @@ export const make = (
     }
   }
 
-  const flowOf = (scope: Tenant.Scope): string => scope._tag === "Tenant" ? scope.id : ""
+  const tenantOf = (scope: Tenant.Scope): string => scope._tag === "Tenant" ? scope.id : ""
 
   /** Takes a connection (or a share) for the caller, in its tenant's turn and its fiber's priority. */
   const acquire = (scope: Tenant.Scope, shared: boolean): Effect.Effect<WireEntry, SqlError> =>
     Effect.withFiber((fiber) =>
       Effect.mapError(
         engine.acquire({
-          flow: flowOf(scope),
+          tenant: tenantOf(scope),
           priority: fiber.getRef(Priority.CurrentPriority),
           shared,
           origin: detectLeaks && !shared ? originOf(fiber) : undefined
@@ -286,7 +286,7 @@ export const make = (
    */
   const share = (scope: Tenant.Scope, query: Wire.Query, retried = false): Effect.Effect<Wire.Answer, SqlError> =>
     Effect.uninterruptibleMask((restore) => {
-      const tenant = flowOf(scope)
+      const tenant = tenantOf(scope)
       let verdict: ShareVerdict = {}
       const runOn = (entry: WireEntry) => {
         const cycle = Effect.map(Wire.run(entry.connection, [Prologue.query(pins(), tenant, true), query]), (reply) => {

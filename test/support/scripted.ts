@@ -153,12 +153,12 @@ export const testOptions = (overrides: Partial<Engine.EngineOptions> = {}): Engi
 })
 
 /** A request for a connection alone, without a tenant. */
-export const alone: Request = { flow: "", priority: "normal", shared: false }
+export const alone: Request = { tenant: "", priority: "normal", shared: false }
 /** A request for a share of a connection. */
-export const share: Request = { flow: "", priority: "normal", shared: true }
+export const share: Request = { tenant: "", priority: "normal", shared: true }
 /** A request for a connection alone, as a tenant. */
-export const asTenant = (flow: string, priority: Request["priority"] = "normal"): Request => ({
-  flow,
+export const asTenant = (tenant: string, priority: Request["priority"] = "normal"): Request => ({
+  tenant,
   priority,
   shared: false
 })
