@@ -41,37 +41,12 @@ import {
   TenantQuotaExceededError
 } from "../PoolError.ts"
 import { Circuit } from "./circuit.ts"
+import type { Connector } from "./connector.ts"
 import { stackless } from "./stackless.ts"
 import { Entry, expiryFor } from "./entry.ts"
 import type * as Sizing from "./sizing.ts"
-import { describe, isFatalConnectError, isOutOfSlots } from "./sqlState.ts"
 import { Link, LinkedQueue } from "./linkedQueue.ts"
 import * as Scheduler from "./scheduler.ts"
-
-/**
- * Makes physical connections and reports when one must not be reused.
- *
- * @internal
- */
-export interface Connector<C> {
-  /** Opens one connection; closing the scope closes it. */
-  readonly connect: Effect.Effect<C, SqlError, Scope.Scope>
-  /**
-   * Registers `retire`, to be called once if the connection dies or the
-   * driver can no longer vouch for its state (a cancel it could not confirm).
-   */
-  readonly onRetire: (connection: C, retire: () => void) => void
-  /** Cancels whatever the connection's server session is running. */
-  readonly cancel: (connection: C) => Effect.Effect<void>
-  /** A cheap round trip that proves the connection still works. */
-  readonly validate: (connection: C) => Effect.Effect<void, SqlError>
-  /**
-   * Resolves once nothing sent on the connection awaits an answer: a
-   * connection handed on at `COMMIT` may still carry it, and closing it then
-   * would lose the answer.
-   */
-  readonly settled?: ((connection: C) => Effect.Effect<void>) | undefined
-}
 
 /**
  * What the engine reports as it happens, for logs and metrics.
@@ -436,8 +411,9 @@ export const make = <C>(
           Effect.tapError((error) =>
             Effect.sync(() => {
               attempts++
-              lastConnectError = describe(error)
-              if (isOutOfSlots(error)) refused++
+              const failure = connector.classify(error)
+              lastConnectError = failure.reason
+              if (failure.outOfSlots) refused++
               // Start-up has its own deadline; the circuit guards a running pool.
               if (started && circuit.failed(entries.size, now())) openCircuit()
             })
@@ -502,9 +478,9 @@ export const make = <C>(
     const create: Effect.Effect<void> = Effect.uninterruptibleMask((restore) =>
       restore(connectOnce.pipe(
         Effect.tapError((error) =>
-          isFatalConnectError(error)
+          connector.classify(error).fatal
             ? Effect.sync(() =>
-              failWaiters(new DatabaseUnavailableError({ reason: describe(error), attempts, cause: error }))
+              failWaiters(new DatabaseUnavailableError({ reason: connector.classify(error).reason, attempts, cause: error }))
             )
             : Effect.void
         ),
@@ -856,8 +832,8 @@ export const make = <C>(
     // Prove the database is there before anyone relies on the pool: retry for
     // `initializationTimeout`, but give up at once on what waiting won't cure.
     const first = yield* connectOnce.pipe(
-      Effect.retry({ schedule: options.connectRetry, while: (error) => !isFatalConnectError(error) }),
-      Effect.mapError((error) => new DatabaseUnavailableError({ reason: describe(error), attempts, cause: error })),
+      Effect.retry({ schedule: options.connectRetry, while: (error) => !connector.classify(error).fatal }),
+      Effect.mapError((error) => new DatabaseUnavailableError({ reason: connector.classify(error).reason, attempts, cause: error })),
       Effect.timeoutOrElse({
         duration: options.initializationTimeout,
         orElse: () =>

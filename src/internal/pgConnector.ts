@@ -22,7 +22,8 @@ import type * as PgProtocol from "@effect/sql-pg/PgProtocol"
 import type * as PgTypes from "@effect/sql-pg/PgTypes"
 import * as Effect from "effect/Effect"
 import type { SqlError } from "effect/sql/SqlError"
-import type { Connector } from "./engine.ts"
+import type { Connector } from "./connector.ts"
+import { connectFailure } from "./sqlState.ts"
 import * as Wire from "./wire.ts"
 
 /** The property under which the driver keeps a connection's internals (`src/internal/connection.ts`). */
@@ -117,6 +118,7 @@ export const make = (config: PgConnection.Config, options: Options): Connector<W
     yield* options.init(wire)
     return wire
   }),
+  classify: connectFailure,
   onRetire: (wire, retire) => {
     drivers.get(wire)?.retireHooks.add(retire)
   },

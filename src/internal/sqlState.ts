@@ -22,6 +22,7 @@ import {
   UniqueViolation,
   UnknownError
 } from "effect/sql/SqlError"
+import type { ConnectFailure } from "./connector.ts"
 
 interface ErrorProps {
   readonly cause: unknown
@@ -138,3 +139,15 @@ const serverMessage = (error: SqlError): string => {
   const cause = error.reason.cause
   return cause instanceof Error ? cause.message : ""
 }
+
+/**
+ * What a failed connection attempt means to the pool, read from the server's
+ * SQLSTATE and words: the classification every connector shares.
+ *
+ * @internal
+ */
+export const connectFailure = (error: SqlError): ConnectFailure => ({
+  reason: describe(error),
+  fatal: isFatalConnectError(error),
+  outOfSlots: isOutOfSlots(error)
+})

@@ -9,8 +9,10 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import { AuthenticationError, ConnectionError, SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Engine from "../../src/internal/engine.ts"
+import type { Connector } from "../../src/internal/connector.ts"
 import type { Entry } from "../../src/internal/entry.ts"
 import type { Request } from "../../src/internal/scheduler.ts"
+import { connectFailure } from "../../src/internal/sqlState.ts"
 import type { PoolError } from "../../src/PoolError.ts"
 
 export interface FakeConnection {
@@ -20,7 +22,7 @@ export interface FakeConnection {
 }
 
 export interface Script {
-  readonly connector: Engine.Connector<FakeConnection>
+  readonly connector: Connector<FakeConnection>
   /** Every connection ever opened, in order. */
   readonly opened: Array<FakeConnection>
   /** Connections open right now. */
@@ -106,6 +108,7 @@ export const makeScript = (): Script => {
         )
         return connection
       }),
+      classify: connectFailure,
       onRetire: (connection, retire) => {
         connection.retire = retire
       },

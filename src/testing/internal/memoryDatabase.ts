@@ -22,9 +22,9 @@ import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import { ConnectionError, SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
-import type { Connector } from "../../internal/engine.ts"
+import type { Connector } from "../../internal/connector.ts"
 import * as Prologue from "../../internal/prologue.ts"
-import { reasonFor } from "../../internal/sqlState.ts"
+import { connectFailure, reasonFor } from "../../internal/sqlState.ts"
 import * as Wire from "../../internal/wire.ts"
 
 /** A statement the code under test sent, as the database saw it. @internal */
@@ -367,6 +367,7 @@ export const connector = (
     yield* init(wire)
     return wire
   }) as Effect.Effect<Wire.Wire, SqlError, Scope.Scope>,
+  classify: connectFailure,
   onRetire: (wire, retire) => {
     memoryOf(wire).retire = retire
   },
