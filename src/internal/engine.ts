@@ -11,12 +11,16 @@
  *
  * This module holds the callers' side: taking a connection or waiting in line
  * for one (with its deadline, quota and span), proving a stale one, and the
- * drain. The rules of the pool, numbered as in docs/architecture.md, are in
- * ./poolState.ts (1 to 6); two more are kept here:
+ * drain. Of the pool's rules (docs/architecture.md), ./poolState.ts keeps 1
+ * to 6; this module keeps these two:
  * 5. A waiter leaves the line when it times out, is interrupted or the pool
  *    closes, and is never handed a connection afterwards.
- * 7. Closing drains: waiters fail, idle connections close, lent ones close as
+ * 8. Closing drains: waiters fail, idle connections close, lent ones close as
  *    they come back or when `shutdownTimeout` is up.
+ *
+ * It is longer than most modules because it also states the engine's
+ * contract with the SQL client: {@link Engine}, {@link EngineOptions} and
+ * {@link Stats} are a third of it.
  *
  * @internal
  */
@@ -160,7 +164,7 @@ export interface Engine<C> {
   readonly sample: () => Sizing.Sample
   /** Sets how many connections may be open; idle ones above it close now, used ones when they come back. */
   readonly setLimit: (limit: number) => void
-  /** Drains and closes the pool; see rule 7. */
+  /** Drains and closes the pool; see rule 8. */
   readonly shutdown: Effect.Effect<void>
 }
 

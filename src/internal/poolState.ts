@@ -20,6 +20,10 @@
  * 6. A connection that is spent (broken, past its lifetime or uses) is closed
  *    instead of lent.
  *
+ * It is one class, over 300 lines, because the rules are one state machine:
+ * every method keeps all six, and splitting them would scatter a rule's
+ * halves (a checkout and its release) across files.
+ *
  * @internal
  */
 import type { Entry } from "./entry.ts"
