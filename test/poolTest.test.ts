@@ -158,6 +158,35 @@ describe("PoolTest.layer", () => {
       ]
     }))))
 
+  it.effect("answers the pool's session reset as a clean session does: the connection is kept", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const mock = yield* PoolTest.MockDatabase
+      // A command that may leave session state: the lease's session is reset before it is lent again.
+      yield* sql.withTransaction(sql`CREATE TABLE notes (a int)`)
+      yield* sql`SELECT 1`
+      assert.deepStrictEqual(yield* mock.connections, { opened: 1, open: 1 })
+    }).pipe(Effect.provide(PoolTest.layer({ unmatched: "empty", pool: { max: 1 } }))))
+
+  it.effect("reads transaction control as the server does, however it is spelled", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* Tenant.with(
+        sql.withTransaction(Effect.gen(function*() {
+          yield* sql`/* mark */ SAVEPOINT a`
+          yield* Effect.flip(sql`UPDATE workflow_runs SET step = 2`)
+          // Rolled back to the savepoint, the transaction goes on.
+          yield* sql`ROLLBACK WORK TO a`
+          yield* sql`SELECT 1 AS after`
+        })),
+        tenantA
+      )
+      yield* PoolTest.assertRan("AS after", { tenant: tenantA, transaction: true })
+    }).pipe(Effect.provide(PoolTest.layer({
+      unmatched: "empty",
+      replies: [PoolTest.sqlState("UPDATE workflow_runs", "40001")]
+    }))))
+
   it.effect("latency runs on the TestClock, and a real pool timeout follows from it", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

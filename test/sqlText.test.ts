@@ -98,6 +98,69 @@ describe("SqlText", () => {
     }
   })
 
+  it("tells transaction statements apart as PostgreSQL's grammar does, synonyms folded", () => {
+    const cases: ReadonlyArray<readonly [string, SqlText.Transaction | undefined, boolean]> = [
+      ["BEGIN", "begin", false],
+      ["start transaction isolation level serializable", "begin", false],
+      ["COMMIT", "commit", true],
+      ["end work;", "commit", true],
+      ["/* done */ COMMIT TRANSACTION -- now", "commit", true],
+      ["COMMIT AND CHAIN", "commit", false],
+      ["ROLLBACK", "rollback", true],
+      ["abort", "rollback", true],
+      ["ROLLBACK AND CHAIN", "rollback", false],
+      ["ROLLBACK TO SAVEPOINT a", "rollbackTo", false],
+      ["rollback work to a", "rollbackTo", false],
+      ["SAVEPOINT a", "savepoint", false],
+      ["RELEASE SAVEPOINT a", "release", false],
+      ["COMMIT PREPARED 'x'", undefined, false],
+      ["ROLLBACK PREPARED 'x'", undefined, false],
+      ["PREPARE TRANSACTION 'x'", undefined, false],
+      ["(COMMIT", "commit", false],
+      ["COMMIT; SELECT 1", "commit", false],
+      ["SELECT 'COMMIT'", undefined, false]
+    ]
+    for (const [sql, transaction, plainEnd] of cases) {
+      const reading = SqlText.read(sql)
+      assert.deepStrictEqual([reading.transaction, reading.plainEnd], [transaction, plainEnd], sql)
+    }
+  })
+
+  it("says which statements unwind a transaction, and which keep it whole", () => {
+    const unwinds = ["ROLLBACK", "ABORT", "ROLLBACK TO SAVEPOINT a", "RELEASE a"]
+    for (const sql of unwinds) assert.isTrue(SqlText.unwinds(SqlText.read(sql)), sql)
+    for (const sql of ["COMMIT", "ROLLBACK PREPARED 'x'", "SELECT 1"]) assert.isFalse(SqlText.unwinds(SqlText.read(sql)), sql)
+    for (const sql of ["SELECT 1", "UPDATE t SET a = 1", "BEGIN", "SAVEPOINT a", "RELEASE a", "SET LOCAL x = 1"]) {
+      assert.isTrue(SqlText.keepsTransaction(SqlText.read(sql)), sql)
+    }
+    for (const sql of ["COMMIT", "ROLLBACK TO a", "COMMIT AND CHAIN", "CALL p()", "DO $$ BEGIN COMMIT; END $$", "PREPARE TRANSACTION 'x'"]) {
+      assert.isFalse(SqlText.keepsTransaction(SqlText.read(sql)), sql)
+    }
+  })
+
+  it("names the command a statement's tag names", () => {
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["select 1", "SELECT"],
+      ["((SELECT 1))", "SELECT"],
+      ["/* c */ INSERT INTO t VALUES (1)", "INSERT"],
+      ["WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "SELECT"],
+      ["WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r) UPDATE t SET n = 1", "UPDATE"],
+      ["TABLE t", "SELECT"],
+      ["VALUES (1)", "SELECT"],
+      ["END", "COMMIT"],
+      ["CREATE TABLE t (a int)", "CREATE"],
+      ["-- nothing", ""]
+    ]
+    for (const [sql, command] of cases) assert.strictEqual(SqlText.command(sql), command, sql)
+  })
+
+  it("reads a list setting's elements as the server writes them, and names quoted or not", () => {
+    assert.deepStrictEqual(SqlText.listElements("\"$user\", public"), ["\"$user\"", "public"])
+    assert.deepStrictEqual(SqlText.listElements("\"a,b\" , pg_temp,"), ["\"a,b\"", "pg_temp"])
+    for (const text of ["pg_temp", "PG_TEMP", "\"pg_temp\"", " pg_temp "]) assert.isTrue(SqlText.isName(text, "pg_temp"), text)
+    for (const text of ["pg_temp_3", "pg_catalog.pg_temp", "\"pg temp\""]) assert.isFalse(SqlText.isName(text, "pg_temp"), text)
+  })
+
   it("an unterminated string or comment ends the tokens instead of throwing", () => {
     assert.deepStrictEqual(SqlText.tokenize("SELECT 'abc").map((t) => t.text), ["select"])
     assert.deepStrictEqual(SqlText.tokenize("SELECT /* abc").map((t) => t.text), ["select"])

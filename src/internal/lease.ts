@@ -89,15 +89,6 @@ const commitRolledBack = () =>
 const committed = (answer: Answer): Effect.Effect<void, SqlError> =>
   answer.command === "ROLLBACK" ? Effect.fail(commitRolledBack()) : Effect.void
 
-/** Transaction control that keeps the transaction's prologue in force: all but ending it or rolling back part of it. */
-const keepsPrologue: ReadonlySet<string> = new Set(["BEGIN", "START", "SAVEPOINT", "RELEASE"])
-
-/** `COMMIT` / `ROLLBACK` and their synonyms, ending a transaction without starting another. */
-const plainEnd = /^\s*(?:commit|end|rollback|abort)(?:\s+(?:work|transaction))?\s*;?\s*$/i
-
-/** Statements that unwind a transaction (`ROLLBACK`, `ROLLBACK TO`, `RELEASE`). */
-const unwinds: ReadonlySet<string> = new Set(["ROLLBACK", "ABORT", "RELEASE"])
-
 /**
  * The pool's own transaction control, unnamed: a name the server no longer
  * holds (dropped by `DEALLOCATE` in a function, or a pooler's other server
@@ -228,20 +219,19 @@ export class Lease implements Connection {
       const refused = this.refusal(reading)
       if (refused !== undefined) return Effect.fail(refused)
       if (reading.sessionState !== undefined) this.suspect ??= reading.sessionState
-      const operation = reading.operation
       const quiet = this.serializing === 0 && this.inFlight === 0
       // Rule 4: a BEGIN waits for the transaction's first statement.
-      if ((operation === "BEGIN" || operation === "START") && this.predicted === "I" && this.begin === undefined && quiet) {
+      if (reading.transaction === "begin" && this.predicted === "I" && this.begin === undefined && quiet) {
         this.begin = query
         return Effect.succeed(answered("BEGIN"))
       }
       // A transaction that never reached the server has nothing to end (`AND CHAIN` would start one: it goes out).
-      if (this.begin !== undefined && plainEnd.test(query.sql) && quiet) {
+      if (this.begin !== undefined && reading.plainEnd && quiet) {
         this.begin = undefined
-        return Effect.succeed(answered(operation === "COMMIT" || operation === "END" ? "COMMIT" : "ROLLBACK"))
+        return Effect.succeed(answered(reading.transaction === "commit" ? "COMMIT" : "ROLLBACK"))
       }
       // Unwinding after an interrupted statement: the connection will be closed, which rolls back on the server.
-      if (this.interrupted && unwinds.has(operation) && this.inFlight > 0) {
+      if (this.interrupted && SqlText.unwinds(reading) && this.inFlight > 0) {
         this.condemned ??= "a statement was interrupted mid-transaction"
         return Effect.succeed(answered("ROLLBACK"))
       }
@@ -401,7 +391,7 @@ export class Lease implements Connection {
     if (this.inFlight === 0) this.predicted = reply.status
     if (reply.status !== "T") this.pinned = false
     // A statement that ended or undid part of the transaction, after the prologue or not: the next one pins again.
-    else if (reading !== undefined && reading.effect === "control" && !keepsPrologue.has(reading.operation)) this.pinned = false
+    else if (reading !== undefined && !SqlText.keepsTransaction(reading)) this.pinned = false
     else if (prologue !== undefined && !(prologue instanceof SqlError) && problem === undefined) this.pinned = true
     if (problem !== undefined) {
       // Nothing of the caller's ran or is open on this session: on another connection.
@@ -442,7 +432,7 @@ export class Lease implements Connection {
    * with it.
    */
   private unwound(reading: SqlText.Reading | undefined, failure: Answer | SqlError | undefined): Effect.Effect<Answer> | undefined {
-    if (reading === undefined || !unwinds.has(reading.operation) || !(this.entry.broken || isConnectionLoss(failure))) {
+    if (reading === undefined || !SqlText.unwinds(reading) || !(this.entry.broken || isConnectionLoss(failure))) {
       return undefined
     }
     this.condemned ??= "the connection was lost mid-transaction"

@@ -164,10 +164,8 @@ END FROM ${session}`
  * session holding a holdable cursor (whose rows only `FETCH`, a statement
  * that never shares a connection, or a function could read), and of shared
  * statements, which skip that scan; refusing and pinning forms.
- *
- * @internal
  */
-export const prologues = {
+const prologues = {
   refusing: { lease: prologueOf("refusing", true), shared: prologueOf("refusing", false) },
   pinning: { lease: prologueOf("pinning", true), shared: prologueOf("pinning", false) }
 } as const
@@ -238,16 +236,15 @@ export const isUnconfirmed = (error: SqlError): string | undefined => {
   return /^[tf]+$/.test(rest) ? described(rest) : "the pinned settings not in force"
 }
 
-/** Makes `$1` the session's own `search_path`. @internal */
-export const baselineSql = "SELECT pg_catalog.set_config('search_path', $1, false)"
+/** Makes `$1` the session's own `search_path`. */
+const baselineSql = "SELECT pg_catalog.set_config('search_path', $1, false)"
 
 /**
  * The statements that restore a session as the pool opened it; the last
- * reports SQL-prepared statements.
- *
- * @internal
+ * reports what cannot be restored: SQL-prepared statements, a temporary
+ * schema.
  */
-export const resetSql: ReadonlyArray<string> = [
+const resetSql: ReadonlyArray<string> = [
   "SET SESSION AUTHORIZATION DEFAULT",
   "RESET ALL",
   baselineSql,
@@ -259,6 +256,9 @@ export const resetSql: ReadonlyArray<string> = [
     pg_catalog.concat((SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)) AS prepared,
     pg_catalog.concat(${noTemporarySchema}) AS no_temp_schema`
 ]
+
+/** The last reset statement's report on a session as the pool opened it: locks released, nothing SQL-prepared, no temporary schema. */
+const cleanReport: readonly [unlocked: string, prepared: string, noTempSchema: string] = ["", "0", "t"]
 
 /**
  * The reset, as one cycle. Its statements are unnamed: a borrower can
@@ -283,9 +283,9 @@ export const resetProblem = (reply: Reply): string | undefined => {
   if (failed !== undefined) return "the reset failed"
   const last = reply.answers[reply.answers.length - 1] as Answer
   const [, prepared, noTempSchema] = (last.rows[0] as ReadonlyArray<unknown> | undefined) ?? []
-  return prepared !== "0"
+  return prepared !== cleanReport[1]
     ? "the session holds SQL-prepared statements"
-    : noTempSchema !== "t"
+    : noTempSchema !== cleanReport[2]
     ? "the session has a temporary schema"
     : undefined
 }
@@ -306,6 +306,38 @@ export const baseline = (pins: Pins): Query => ({
   shape: "values"
 })
 
+/** What a session answers one of the pool's own statements with. @internal */
+export interface CleanAnswer {
+  readonly rows: ReadonlyArray<ReadonlyArray<unknown>>
+  /** For a prologue, the tenant it sets for its transaction (`""`: none). */
+  readonly tenant?: string | undefined
+}
+
+/** The prologue's texts, in every form. */
+const prologueTexts: ReadonlySet<string> = new Set(Object.values(prologues).flatMap((form) => [form.lease, form.shared]))
+
+/**
+ * How a session as the pool opened it answers one of the pool's own
+ * statements (`undefined` for any other): the prologue with the tenant it
+ * sets, the reset with a clean report, the `search_path` query with
+ * `searchPath` (the server's default). For a database that stands in for
+ * PostgreSQL (the test kit's), which so needs to know nothing of their text.
+ *
+ * @internal
+ */
+export const onCleanSession = (query: Query, searchPath: string): CleanAnswer | undefined => {
+  if (prologueTexts.has(query.sql)) {
+    // `$2`, the tenant's value, as `set_config` returns it: what `verdict` expects of a clean session.
+    const tenant = query.params[1] as string
+    return { rows: [[tenant]], tenant }
+  }
+  if (query.sql === searchPathQuery.sql) return { rows: [[searchPath]] }
+  if (query.sql === baselineSql) return { rows: [[query.params[0]]] }
+  const step = resetSql.indexOf(query.sql)
+  if (step < 0) return undefined
+  return { rows: step === resetSql.length - 1 ? [cleanReport] : [] }
+}
+
 /**
  * The `search_path` to pin: the schemas of `current` (the server's default
  * for the pool's role and database) in their order, without `pg_temp`,
@@ -315,29 +347,8 @@ export const baseline = (pins: Pins): Query => ({
  * @internal
  */
 export const pinnedSearchPath = (current: string): string => {
-  const schemas = splitList(current).filter((part) => {
-    const tokens = SqlText.tokenize(part)
-    return !(tokens.length === 1 && tokens[0].text.toLowerCase() === "pg_temp")
-  })
+  const schemas = SqlText.listElements(current).filter((element) => !SqlText.isName(element, "pg_temp"))
   return [...schemas, "pg_temp"].join(", ")
-}
-
-/** The elements of a comma-separated setting, commas inside double quotes kept. */
-const splitList = (list: string): Array<string> => {
-  const parts: Array<string> = []
-  let part = ""
-  let quoted = false
-  for (const c of list) {
-    if (c === "\"") quoted = !quoted
-    if (c === "," && !quoted) {
-      parts.push(part)
-      part = ""
-    } else {
-      part += c
-    }
-  }
-  parts.push(part)
-  return parts.map((p) => p.trim()).filter((p) => p !== "")
 }
 
 /** A pinned `search_path` without its trailing `pg_temp`: as a session holds its schemas before the pool pins them. */

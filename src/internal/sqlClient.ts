@@ -44,9 +44,6 @@ import * as Wire from "./wire.ts"
 type Rows = <A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>
 type WireEntry = Entry<Wire.Wire>
 
-/** Transaction control runs in the transaction's span, not in one of its own. */
-const transactionControl: ReadonlySet<string> = new Set(["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"])
-
 /** What a shared cycle's prologue reported: values it could not confirm, or an earlier borrower's leftovers. */
 type ShareVerdict = Partial<Prologue.Verdict>
 
@@ -74,7 +71,8 @@ export const make = (
    */
   const observe = <A>(reading: SqlText.Reading, scope: Tenant.Scope, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> => {
     const operation = reading.operation
-    if (transactionControl.has(operation)) return effect
+    // Transaction control runs in the transaction's span, not in one of its own.
+    if (reading.transaction !== undefined) return effect
     const tenant = scope._tag === "Tenant" ? recorder.tenantLabel(scope.id) : undefined
     return Effect.withFiber((fiber) => {
       // `effect/sql` makes the statement's span, and hands it down as the parent

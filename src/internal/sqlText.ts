@@ -237,17 +237,16 @@ export const calls = (tokens: ReadonlyArray<Token>): Array<Call> => {
 }
 
 /**
- * A statement's first keyword, lower-cased, past leading parentheses and
- * comments (`(SELECT ...)`); `""` when it starts with anything else.
- *
- * @internal
+ * Where a statement's first keyword is, past leading parentheses and
+ * comments (`(SELECT ...)`); `-1` when it starts with anything else.
  */
-export const firstKeyword = (tokens: ReadonlyArray<Token>): string => {
-  for (const token of tokens) {
+const firstAt = (tokens: ReadonlyArray<Token>): number => {
+  for (let i = 0; i < tokens.length; i++) {
+    const token = tokens[i]
     if (token.kind === "symbol" && token.text === "(") continue
-    return token.kind === "word" ? token.text : ""
+    return token.kind === "word" ? i : -1
   }
-  return ""
+  return -1
 }
 
 /**
@@ -331,6 +330,59 @@ const sessionObject = (tokens: ReadonlyArray<Token>, at: number): string | undef
   return name === "hold" && before === "with" ? "a holdable cursor" : undefined
 }
 
+/**
+ * The statements that open, end or mark a transaction block, as PostgreSQL's
+ * grammar tells them apart, synonyms folded: `START TRANSACTION` is a
+ * `begin`, `END` a `commit`, `ABORT` a `rollback`; `rollbackTo` is `ROLLBACK
+ * TO SAVEPOINT`. Two-phase commit's statements (`PREPARE TRANSACTION`,
+ * `COMMIT PREPARED`, ...) are work of their own, not among them.
+ *
+ * @internal
+ */
+export type Transaction = "begin" | "commit" | "rollback" | "rollbackTo" | "savepoint" | "release"
+
+/** The token at `at` if it is a word, lower-cased. */
+const wordAt = (tokens: ReadonlyArray<Token>, at: number): string | undefined =>
+  tokens[at]?.kind === "word" ? tokens[at].text : undefined
+
+/** `WORK` or `TRANSACTION`, which PostgreSQL allows (and ignores) after `COMMIT`, `ROLLBACK` and their synonyms. */
+const isNoise = (word: string | undefined): boolean => word === "work" || word === "transaction"
+
+/** The transaction statement whose first keyword is at `at`, if it is one. */
+const transactionOf = (tokens: ReadonlyArray<Token>, at: number): Transaction | undefined => {
+  const next = wordAt(tokens, at + 1)
+  switch (tokens[at].text) {
+    case "begin":
+    case "start":
+      return "begin"
+    case "savepoint":
+      return "savepoint"
+    case "release":
+      return "release"
+    case "commit":
+    case "end":
+      return next === "prepared" ? undefined : "commit"
+    case "rollback":
+    case "abort":
+      if (next === "prepared") return undefined
+      return wordAt(tokens, isNoise(next) ? at + 2 : at + 1) === "to" ? "rollbackTo" : "rollback"
+    default:
+      return undefined
+  }
+}
+
+/**
+ * Whether a `commit` or `rollback` is in its plain form: the keyword first,
+ * then at most `WORK` or `TRANSACTION` and a `;`. It ends the block and
+ * starts nothing (no `AND CHAIN`).
+ */
+const isPlainEnd = (tokens: ReadonlyArray<Token>, at: number, transaction: Transaction | undefined): boolean => {
+  if (at !== 0 || (transaction !== "commit" && transaction !== "rollback")) return false
+  let i = isNoise(wordAt(tokens, 1)) ? 2 : 1
+  if (tokens[i]?.kind === "symbol" && tokens[i].text === ";") i++
+  return i === tokens.length
+}
+
 /** What a statement's text says about it. @internal */
 export interface Reading {
   /** The first keyword, upper-cased, for telemetry (`db.operation.name`); `UNKNOWN` when there is none. */
@@ -342,6 +394,38 @@ export interface Reading {
    * it unseen: the prologue and the server's reports cover them.
    */
   readonly sessionState: string | undefined
+  /** What the statement does to a transaction block, when it opens, ends or marks one. */
+  readonly transaction: Transaction | undefined
+  /** `COMMIT` or `ROLLBACK` (or a synonym) and nothing more: it ends a transaction block and starts none. */
+  readonly plainEnd: boolean
+}
+
+/**
+ * Whether a statement closes a transaction or a savepoint short of
+ * committing: `ROLLBACK`, `ROLLBACK TO`, `RELEASE` (`effect/sql` sends
+ * them as it unwinds a transaction's scope). On a lost connection they have
+ * nothing left to do: the server dropped the transaction with it.
+ *
+ * @internal
+ */
+export const unwinds = (reading: Reading): boolean => {
+  const transaction = reading.transaction
+  return transaction === "rollback" || transaction === "rollbackTo" || transaction === "release"
+}
+
+/**
+ * Whether what a transaction did before a statement is still in force, in
+ * the same transaction, after it: anything but transaction control, and
+ * the control that keeps the transaction whole (`BEGIN` inside one, which
+ * PostgreSQL ignores, `SAVEPOINT`, `RELEASE`). Not `COMMIT`, `ROLLBACK`,
+ * `ROLLBACK TO`, nor `CALL` and `DO`, whose bodies may commit.
+ *
+ * @internal
+ */
+export const keepsTransaction = (reading: Reading): boolean => {
+  const transaction = reading.transaction
+  return reading.effect !== "control" || transaction === "begin" || transaction === "savepoint" ||
+    transaction === "release"
 }
 
 /** Whether a `set_config` call's third argument is the literal `true`. */
@@ -397,10 +481,89 @@ export const perText = <A>(f: (sql: string) => A): (sql: string) => A => {
  */
 export const read: (sql: string) => Reading = perText((sql) => {
   const tokens = tokenize(sql)
-  const first = firstKeyword(tokens)
+  const at = firstAt(tokens)
+  const first = at < 0 ? "" : tokens[at].text
+  const transaction = at < 0 ? undefined : transactionOf(tokens, at)
   return {
     operation: first === "" ? "UNKNOWN" : first.toUpperCase(),
     effect: neutralStarts.has(first) ? "neutral" : controlStarts.has(first) || first === "prepare" ? "control" : "other",
-    sessionState: sessionStateOf(tokens, first)
+    sessionState: sessionStateOf(tokens, first),
+    transaction,
+    plainEnd: isPlainEnd(tokens, at, transaction)
   }
 })
+
+/** Statements tagged as another command. */
+const taggedAs: ReadonlyMap<string, string> = new Map([
+  ["end", "commit"],
+  ["abort", "rollback"],
+  ["table", "select"],
+  ["values", "select"]
+])
+
+/** The statements a `WITH` can prefix. */
+const withBodies: ReadonlySet<string> = new Set(["select", "insert", "update", "delete", "merge", "values", "table"])
+
+/** The statement the `WITH` at `at` prefixes: the first keyword of one outside its queries' parentheses. */
+const prefixed = (tokens: ReadonlyArray<Token>, at: number): string => {
+  let depth = 0
+  for (let i = at + 1; i < tokens.length; i++) {
+    const token = tokens[i]
+    if (token.kind === "symbol") depth += token.text === "(" ? 1 : token.text === ")" ? -1 : 0
+    else if (depth === 0 && token.kind === "word" && withBodies.has(token.text)) return token.text
+  }
+  return "with"
+}
+
+/**
+ * The command a statement's tag names as PostgreSQL answers it (`SELECT 1`,
+ * `INSERT 0 1`, `COMMIT`), upper-cased: the first keyword, or the command a
+ * synonym stands for (`END` commits, `TABLE` selects), and for `WITH` the
+ * statement it prefixes; `""` without a keyword, as for an empty statement.
+ * For a database that stands in for PostgreSQL (the test kit's).
+ *
+ * @internal
+ */
+export const command = (sql: string): string => {
+  const tokens = tokenize(sql)
+  const at = firstAt(tokens)
+  if (at < 0) return ""
+  const first = tokens[at].text
+  const word = first === "with" ? prefixed(tokens, at) : first
+  return (taggedAs.get(word) ?? word).toUpperCase()
+}
+
+/**
+ * The elements of a list setting as the server reports it (`search_path`:
+ * `"$user", public`), each as written, quotes kept: a comma inside double
+ * quotes does not split.
+ *
+ * @internal
+ */
+export const listElements = (list: string): Array<string> => {
+  const elements: Array<string> = []
+  let element = ""
+  let quoted = false
+  for (const c of list) {
+    if (c === "\"") quoted = !quoted
+    if (c === "," && !quoted) {
+      elements.push(element)
+      element = ""
+    } else {
+      element += c
+    }
+  }
+  elements.push(element)
+  return elements.map((e) => e.trim()).filter((e) => e !== "")
+}
+
+/**
+ * Whether `text` is the one name `name` (lower-case), quoted or not:
+ * `pg_temp`, `PG_TEMP`, `"pg_temp"`.
+ *
+ * @internal
+ */
+export const isName = (text: string, name: string): boolean => {
+  const tokens = tokenize(text)
+  return tokens.length === 1 && tokens[0].text.toLowerCase() === name
+}

@@ -25,6 +25,7 @@ import * as Stream from "effect/Stream"
 import type { Connector } from "../../internal/connector.ts"
 import * as Prologue from "../../internal/prologue.ts"
 import { connectFailure, reasonFor } from "../../internal/sqlState.ts"
+import * as SqlText from "../../internal/sqlText.ts"
 import * as Wire from "../../internal/wire.ts"
 
 /** A statement the code under test sent, as the database saw it. @internal */
@@ -119,12 +120,6 @@ const answer = (command: string, rows: ReadonlyArray<unknown> = []): Wire.Answer
   fields: []
 })
 
-const commandOf = (sql: string): string => {
-  const word = /^\s*\(?\s*([A-Za-z]+)/.exec(sql)?.[1]?.toUpperCase() ?? "SELECT"
-  if (word !== "WITH") return word
-  return /\b(insert|update|delete|merge)\b/i.exec(sql)?.[1]?.toUpperCase() ?? "SELECT"
-}
-
 /** The in-memory session's search_path, as a server's default would read. */
 const defaultSearchPath = "\"$user\", public"
 
@@ -200,32 +195,27 @@ export class MemoryConnection {
     return answer(command)
   }
 
-  /** The pool's own statements, and transaction control; `undefined` for the rest. */
+  /** Transaction control, and the pool's own statements (as a clean session answers them); `undefined` for the rest. */
   private control(query: Wire.Query): Effect.Effect<Wire.Answer, SqlError> | undefined {
-    const { sql, params } = query
-    if (/^\s*(begin|start\s+transaction)\b/i.test(sql)) {
-      this.inBlock = true
-      return Effect.succeed(answer("BEGIN"))
+    const reading = SqlText.read(query.sql)
+    switch (reading.transaction) {
+      case "begin":
+        this.inBlock = true
+        return Effect.succeed(answer("BEGIN"))
+      case "commit":
+        return Effect.succeed(this.endTransaction(this.aborted ? "ROLLBACK" : "COMMIT"))
+      case "rollback":
+        return Effect.succeed(this.endTransaction("ROLLBACK"))
+      case "rollbackTo":
+        this.aborted = false
+        return Effect.succeed(answer("ROLLBACK"))
     }
-    if (/^\s*(commit|end)\b/i.test(sql)) return Effect.succeed(this.endTransaction(this.aborted ? "ROLLBACK" : "COMMIT"))
-    if (/^\s*rollback\s+to\b/i.test(sql)) {
-      this.aborted = false
-      return Effect.succeed(answer("ROLLBACK"))
-    }
-    if (/^\s*(rollback|abort)\b/i.test(sql)) return Effect.succeed(this.endTransaction("ROLLBACK"))
     if (this.aborted) return Effect.fail(inFailedTransaction())
-    if (/^\s*(savepoint|release)\b/i.test(sql)) return Effect.succeed(answer(commandOf(sql)))
-    if (Object.values(Prologue.prologues).some((form) => sql === form.lease || sql === form.shared)) {
-      const tenant = params[1] as string
-      this.tenant = tenant === "" ? undefined : tenant
-      // A clean session: the prologue answers with the tenant's value as set_config set it.
-      return Effect.succeed(answer("SELECT", [[tenant]]))
-    }
-    if (sql === Prologue.searchPathQuery.sql) return Effect.succeed(answer("SELECT", [[defaultSearchPath]]))
-    const resetStep = Prologue.resetSql.indexOf(sql)
-    // The reset's last statement counts SQL-prepared statements: none here.
-    if (resetStep >= 0) return Effect.succeed(answer(commandOf(sql), resetStep === Prologue.resetSql.length - 1 ? [["", "0", "0"]] : []))
-    return undefined
+    if (reading.transaction !== undefined) return Effect.succeed(answer(reading.operation))
+    const own = Prologue.onCleanSession(query, defaultSearchPath)
+    if (own === undefined) return undefined
+    if (own.tenant !== undefined) this.tenant = own.tenant === "" ? undefined : own.tenant
+    return Effect.succeed(answer(SqlText.command(query.sql), own.rows))
   }
 
   /** Runs one statement: the pool's own, or the script's answer. */
@@ -244,7 +234,7 @@ export class MemoryConnection {
       this.database.statements.push(statement)
       const reply = this.database.replies.find((r) => r.times > 0 && matches(r.match, statement))
       if (reply === undefined) {
-        if (this.database.unmatched === "empty") return Effect.succeed(answer(commandOf(query.sql)))
+        if (this.database.unmatched === "empty") return Effect.succeed(answer(SqlText.command(query.sql)))
         return Effect.die(unscripted(statement, this.database.replies))
       }
       ;(reply as { times: number }).times--
@@ -254,7 +244,7 @@ export class MemoryConnection {
         case "Rows":
           outcome = Effect.sync(() => {
             const rows = scripted.rows(statement)
-            return answer(commandOf(query.sql), query.shape === "values" ? rows.map((row) => Object.values(row)) : rows)
+            return answer(SqlText.command(query.sql), query.shape === "values" ? rows.map((row) => Object.values(row)) : rows)
           })
           break
         case "Fail":
