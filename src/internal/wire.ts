@@ -555,6 +555,14 @@ export const run = (wire: Wire, queries: ReadonlyArray<Query>): Effect.Effect<Re
   })
 
 /**
+ * The error for a statement its cycle's reply has no answer for (an earlier
+ * one failed, and the server skipped it).
+ *
+ * @internal
+ */
+export const noAnswer = (): SqlError => queryError(new Error("no answer"), "PgConnection: The statement got no answer")
+
+/**
  * One query alone, for the pool's own statements: its answer, or its error.
  *
  * @internal
@@ -563,7 +571,7 @@ export const expect = (wire: Wire, query: Query): Effect.Effect<Answer, SqlError
   Effect.flatMap(run(wire, [query]), (reply) => {
     const answer = reply.answers[0]
     return answer === undefined
-      ? Effect.fail(queryError(new Error("no answer"), "PgConnection: The statement got no answer"))
+      ? Effect.fail(noAnswer())
       : answer instanceof SqlError
       ? Effect.fail(answer)
       : Effect.succeed(answer)
