@@ -23,6 +23,11 @@
  * names), or has had a temporary schema (it stays once made), is closed
  * instead.
  *
+ * Why this module is over 300 lines: the SQL of the prologue and the reset,
+ * and what reads their answers (`verdict`, `isUnconfirmed`, `resetProblem`,
+ * and `onCleanSession` for the test kit), change together; apart, one
+ * would drift from the other.
+ *
  * @internal
  */
 import type { SqlError } from "effect/sql/SqlError"

@@ -16,6 +16,13 @@
  * (...)`, `set_config /* c *\/ (...)` and `U&"\0073et_config"(...)` are all
  * the same call to it.
  *
+ * It also reads what else the pool and its test kit need of a statement:
+ * what it does to a transaction block, and the command its tag names.
+ *
+ * Why this module is over 300 lines: it is every reading of SQL text there
+ * is, the lexer with all that is read through it, so that no two readings
+ * of a statement can disagree.
+ *
  * @internal
  */
 
@@ -55,6 +62,143 @@ const decodeUnicodeEscapes = (body: string, escape: string): string => {
   return out
 }
 
+/** The body of a quoted text from `from` (just past the opening quote) and where it ends, honouring backslashes if asked. */
+const quoted = (sql: string, from: number, quote: string, backslash: boolean): { body: string; end: number } | undefined => {
+  let body = ""
+  for (let j = from; j < sql.length; j++) {
+    const c = sql[j]
+    if (backslash && c === "\\") {
+      body += sql.slice(j, j + 2)
+      j++
+    } else if (c === quote) {
+      if (sql[j + 1] !== quote) return { body, end: j + 1 }
+      body += quote
+      j++
+    } else {
+      body += c
+    }
+  }
+  return undefined
+}
+
+/** A `UESCAPE 'c'` clause after a `U&` literal, if any: its escape character and where it ends. */
+const uescape = (sql: string, from: number): { escape: string; end: number } | undefined => {
+  const match = /^\s*uescape\s*'([^'])'/i.exec(sql.slice(from, from + 40))
+  return match === null ? undefined : { escape: match[1], end: from + match[0].length }
+}
+
+/**
+ * Reads what starts at `i` of `sql` into `tokens` (nothing for whitespace
+ * and comments), and says where the rest starts: `-1` for text that never
+ * ends (an unterminated string or comment).
+ */
+type Reader = (sql: string, i: number, tokens: Array<Token>) => number
+
+const blockComment: Reader = (sql, i) => {
+  // Block comments nest in PostgreSQL.
+  let depth = 1
+  i += 2
+  while (i < sql.length && depth > 0) {
+    if (sql[i] === "/" && sql[i + 1] === "*") {
+      depth++
+      i += 2
+    } else if (sql[i] === "*" && sql[i + 1] === "/") {
+      depth--
+      i += 2
+    } else {
+      i++
+    }
+  }
+  return depth > 0 ? -1 : i
+}
+
+/** A quoted text whose body starts at `from`: a string constant, or a quoted identifier. */
+const quotedToken = (sql: string, from: number, quote: string, backslash: boolean, tokens: Array<Token>): number => {
+  const text = quoted(sql, from, quote, backslash)
+  if (text === undefined) return -1
+  tokens.push({ kind: quote === "'" ? "string" : "identifier", text: text.body })
+  return text.end
+}
+
+/** `U&'...'` or `U&"..."`, with its escapes decoded as its `UESCAPE` clause (or the default `\\`) says. */
+const unicodeEscaped: Reader = (sql, i, tokens) => {
+  const quote = sql[i + 2]
+  const literal = quoted(sql, i + 3, quote, false)
+  if (literal === undefined) return -1
+  const clause = uescape(sql, literal.end)
+  const text = decodeUnicodeEscapes(literal.body, clause?.escape ?? "\\")
+  tokens.push({ kind: quote === "'" ? "string" : "identifier", text })
+  return clause?.end ?? literal.end
+}
+
+/** `$1` (a parameter), a dollar quote (`$$...$$`, `$tag$...$tag$`; a tag is an identifier without `$`), or a lone `$`. */
+const dollar: Reader = (sql, i, tokens) => {
+  let j = i + 1
+  if (isDigit(sql.charCodeAt(j))) {
+    while (j < sql.length && isDigit(sql.charCodeAt(j))) j++
+    tokens.push({ kind: "parameter", text: sql.slice(i, j) })
+    return j
+  }
+  if (j < sql.length && isIdentStart(sql.charCodeAt(j))) {
+    j++
+    while (j < sql.length && isIdentPart(sql.charCodeAt(j)) && sql[j] !== "$") j++
+  }
+  if (sql[j] !== "$") {
+    tokens.push({ kind: "symbol", text: "$" })
+    return i + 1
+  }
+  const delimiter = sql.slice(i, j + 1)
+  const end = sql.indexOf(delimiter, j + 1)
+  if (end < 0) return -1
+  tokens.push({ kind: "string", text: sql.slice(j + 1, end) })
+  return end + delimiter.length
+}
+
+/** A run of characters `part` accepts from `i`, as a token of `kind` (`text` folds it). */
+const run = (
+  sql: string,
+  i: number,
+  tokens: Array<Token>,
+  kind: Token["kind"],
+  part: (c: number, ch: string) => boolean,
+  text: (run: string) => string
+): number => {
+  let j = i + 1
+  while (j < sql.length && part(sql.charCodeAt(j), sql[j])) j++
+  tokens.push({ kind, text: text(sql.slice(i, j)) })
+  return j
+}
+
+const isSpace = (ch: string) => ch === " " || ch === "\t" || ch === "\n" || ch === "\r" || ch === "\f" || ch === "\v"
+const isNumberPart = (c: number, ch: string) => isDigit(c) || ch === "." || ch === "_"
+const lowerCase = (text: string) => text.toLowerCase()
+const asIs = (text: string) => text
+
+/** The token (or whitespace, or comment) at `i`, by its first characters. */
+const token: Reader = (sql, i, tokens) => {
+  const ch = sql[i]
+  const next = sql[i + 1]
+  if (isSpace(ch)) return i + 1
+  if (ch === "-" && next === "-") {
+    const end = sql.indexOf("\n", i)
+    return end < 0 ? sql.length : end + 1
+  }
+  if (ch === "/" && next === "*") return blockComment(sql, i, tokens)
+  if (ch === "'") return quotedToken(sql, i + 1, "'", false, tokens)
+  if ((ch === "e" || ch === "E") && next === "'") return quotedToken(sql, i + 2, "'", true, tokens)
+  if ((ch === "u" || ch === "U") && next === "&" && (sql[i + 2] === "'" || sql[i + 2] === "\"")) {
+    return unicodeEscaped(sql, i, tokens)
+  }
+  if ("bBxXnN".includes(ch) && next === "'") return quotedToken(sql, i + 2, "'", false, tokens)
+  if (ch === "\"") return quotedToken(sql, i + 1, "\"", false, tokens)
+  if (ch === "$") return dollar(sql, i, tokens)
+  const c = sql.charCodeAt(i)
+  if (isIdentStart(c)) return run(sql, i, tokens, "word", isIdentPart, lowerCase)
+  if (isDigit(c) || (ch === "." && isDigit(sql.charCodeAt(i + 1)))) return run(sql, i, tokens, "number", isNumberPart, asIs)
+  tokens.push({ kind: "symbol", text: ch })
+  return i + 1
+}
+
 /**
  * Splits a statement into tokens, dropping whitespace and comments. Text it
  * cannot make sense of (an unterminated string or comment) ends the tokens:
@@ -64,125 +208,7 @@ const decodeUnicodeEscapes = (body: string, escape: string): string => {
  */
 export const tokenize = (sql: string): Array<Token> => {
   const tokens: Array<Token> = []
-  const n = sql.length
-  let i = 0
-  /** The end of a `'...'` body from `from` (just past the opening quote), honouring backslashes if asked. */
-  const quoted = (from: number, quote: string, backslash: boolean): { body: string; end: number } | undefined => {
-    let body = ""
-    for (let j = from; j < n; j++) {
-      const c = sql[j]
-      if (backslash && c === "\\") {
-        body += sql.slice(j, j + 2)
-        j++
-      } else if (c === quote) {
-        if (sql[j + 1] === quote) {
-          body += quote
-          j++
-        } else {
-          return { body, end: j + 1 }
-        }
-      } else {
-        body += c
-      }
-    }
-    return undefined
-  }
-  /** A `UESCAPE 'c'` clause after a `U&` literal, if any: its escape character and where it ends. */
-  const uescape = (from: number): { escape: string; end: number } | undefined => {
-    const match = /^\s*uescape\s*'([^'])'/i.exec(sql.slice(from, from + 40))
-    return match === null ? undefined : { escape: match[1], end: from + match[0].length }
-  }
-  while (i < n) {
-    const c = sql.charCodeAt(i)
-    const ch = sql[i]
-    if (ch === " " || ch === "\t" || ch === "\n" || ch === "\r" || ch === "\f" || ch === "\v") {
-      i++
-    } else if (ch === "-" && sql[i + 1] === "-") {
-      const end = sql.indexOf("\n", i)
-      i = end < 0 ? n : end + 1
-    } else if (ch === "/" && sql[i + 1] === "*") {
-      // Block comments nest in PostgreSQL.
-      let depth = 1
-      i += 2
-      while (i < n && depth > 0) {
-        if (sql[i] === "/" && sql[i + 1] === "*") {
-          depth++
-          i += 2
-        } else if (sql[i] === "*" && sql[i + 1] === "/") {
-          depth--
-          i += 2
-        } else {
-          i++
-        }
-      }
-      if (depth > 0) return tokens
-    } else if (ch === "'") {
-      const string = quoted(i + 1, "'", false)
-      if (string === undefined) return tokens
-      tokens.push({ kind: "string", text: string.body })
-      i = string.end
-    } else if ((ch === "e" || ch === "E") && sql[i + 1] === "'") {
-      const string = quoted(i + 2, "'", true)
-      if (string === undefined) return tokens
-      tokens.push({ kind: "string", text: string.body })
-      i = string.end
-    } else if ((ch === "u" || ch === "U") && sql[i + 1] === "&" && (sql[i + 2] === "'" || sql[i + 2] === "\"")) {
-      const quote = sql[i + 2]
-      const literal = quoted(i + 3, quote, false)
-      if (literal === undefined) return tokens
-      const clause = uescape(literal.end)
-      const text = decodeUnicodeEscapes(literal.body, clause?.escape ?? "\\")
-      tokens.push(quote === "'" ? { kind: "string", text } : { kind: "identifier", text })
-      i = clause?.end ?? literal.end
-    } else if ((ch === "b" || ch === "B" || ch === "x" || ch === "X" || ch === "n" || ch === "N") && sql[i + 1] === "'") {
-      const string = quoted(i + 2, "'", false)
-      if (string === undefined) return tokens
-      tokens.push({ kind: "string", text: string.body })
-      i = string.end
-    } else if (ch === "\"") {
-      const identifier = quoted(i + 1, "\"", false)
-      if (identifier === undefined) return tokens
-      tokens.push({ kind: "identifier", text: identifier.body })
-      i = identifier.end
-    } else if (ch === "$") {
-      if (isDigit(sql.charCodeAt(i + 1))) {
-        let j = i + 1
-        while (j < n && isDigit(sql.charCodeAt(j))) j++
-        tokens.push({ kind: "parameter", text: sql.slice(i, j) })
-        i = j
-      } else {
-        // A dollar quote: $$ or $tag$ (a tag is an identifier without `$`).
-        let j = i + 1
-        if (j < n && isIdentStart(sql.charCodeAt(j))) {
-          j++
-          while (j < n && isIdentPart(sql.charCodeAt(j)) && sql[j] !== "$") j++
-        }
-        if (sql[j] !== "$") {
-          tokens.push({ kind: "symbol", text: "$" })
-          i++
-          continue
-        }
-        const delimiter = sql.slice(i, j + 1)
-        const end = sql.indexOf(delimiter, j + 1)
-        if (end < 0) return tokens
-        tokens.push({ kind: "string", text: sql.slice(j + 1, end) })
-        i = end + delimiter.length
-      }
-    } else if (isIdentStart(c)) {
-      let j = i + 1
-      while (j < n && isIdentPart(sql.charCodeAt(j))) j++
-      tokens.push({ kind: "word", text: sql.slice(i, j).toLowerCase() })
-      i = j
-    } else if (isDigit(c) || (ch === "." && isDigit(sql.charCodeAt(i + 1)))) {
-      let j = i + 1
-      while (j < n && (isDigit(sql.charCodeAt(j)) || sql[j] === "." || sql[j] === "_")) j++
-      tokens.push({ kind: "number", text: sql.slice(i, j) })
-      i = j
-    } else {
-      tokens.push({ kind: "symbol", text: ch })
-      i++
-    }
-  }
+  for (let i = 0; i >= 0 && i < sql.length;) i = token(sql, i, tokens)
   return tokens
 }
 

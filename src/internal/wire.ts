@@ -22,7 +22,15 @@
  *
  * The physical connection (socket, authentication, TLS, cancel requests)
  * comes from `@effect/sql-pg`; ./pgConnector.ts hands its session over as a
- * {@link DriverSession}.
+ * {@link DriverSession}. The names of its prepared statements are kept by
+ * ./preparedStatements.ts.
+ *
+ * Why this module is over 300 lines, and `make` over 60: it is one
+ * connection's protocol driver, a closure over that connection's state (the
+ * cycles waiting and on the wire, the statement being answered, the status
+ * and reports), which writing cycles and reading every message the server
+ * sends both use. Split, that state would be passed around for every
+ * message of every statement.
  *
  * @internal
  */
@@ -34,6 +42,7 @@ import { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
 import { Buffer } from "node:buffer"
 import * as Parameters from "./parameters.ts"
+import * as PreparedStatements from "./preparedStatements.ts"
 import { connectionError, queryError, serverError } from "./sqlState.ts"
 
 /** The transaction status the server reports with every `ReadyForQuery`. @internal */
@@ -153,24 +162,10 @@ interface Description {
 /** A statement that returns no rows (`NoData`). */
 const noRows: Description = { fields: [], readField: () => null, build: () => ({}) }
 
-/** A statement this connection names. */
-interface Prepared {
-  readonly name: string
-  readonly sql: string
-  /** Its parameter types, joined. */
-  readonly types: string
-  /** The server holds the name: its `Parse` completed. */
-  parsed: boolean
-  /** A cycle carrying its `Parse` is on the wire. */
-  parsing: boolean
-  /** Its result columns, once the server described them. */
-  description: Description | undefined
-}
-
 /** One statement of a cycle on the wire. */
 interface Step {
   readonly query: Query
-  readonly prepared: Prepared | undefined
+  readonly prepared: PreparedStatements.Prepared<Description> | undefined
   /** Whether its frame carries a `Parse` of `prepared`. */
   readonly parses: boolean
   parseCompleted: boolean
@@ -245,14 +240,7 @@ export const make = (session: DriverSession, options: Options): Wire => {
     (sink: PgProtocol.ValueSink, parameter: PgTypes.Parameter) => PgTypes.writeParameter(sink, parameter, session.registry),
     PgTypes.isTextFormat
   )
-  // Named statements by text, then by parameter types: a statement's text is usually one string whose hash
-  // the engine keeps, where a key joining it with the types would be hashed afresh (the prologue is 2 KB).
-  const prepared = new Map<string, Map<string, Prepared>>()
-  /** Every named statement, least recently used first. */
-  const recency = new Set<Prepared>()
-  let closes: Array<Uint8Array> = []
-  let counter = 0
-  const namespace = Math.random().toString(36).slice(2, 10)
+  const prepared = PreparedStatements.make<Description>(options.preparedStatements)
 
   /** Cycles waiting to be written, and those written and not yet answered (oldest first). */
   const pending: Array<Cycle> = []
@@ -279,45 +267,14 @@ export const make = (session: DriverSession, options: Options): Wire => {
     }
   }
 
-  /** The connection's name for `sql` with these parameter types; evicts the least recently used beyond the bound. */
-  const named = (sql: string, types: ReadonlyArray<number>): Prepared => {
-    const typeKey = types.length === 0 ? "" : types.join(",")
-    let byTypes = prepared.get(sql)
-    const found = byTypes?.get(typeKey)
-    if (found !== undefined) {
-      recency.delete(found)
-      recency.add(found)
-      return found
-    }
-    const entry: Prepared = { name: `mh_${namespace}_${++counter}`, sql, types: typeKey, parsed: false, parsing: false, description: undefined }
-    if (byTypes === undefined) prepared.set(sql, byTypes = new Map())
-    byTypes.set(typeKey, entry)
-    recency.add(entry)
-    for (const old of recency) {
-      if (recency.size <= options.preparedStatements) break
-      if (old === entry || old.parsing) continue
-      evict(old)
-    }
-    return entry
-  }
-
-  const evict = (entry: Prepared): void => {
-    const byTypes = prepared.get(entry.sql)
-    if (byTypes?.get(entry.types) === entry) {
-      byTypes.delete(entry.types)
-      if (byTypes.size === 0) prepared.delete(entry.sql)
-    }
-    recency.delete(entry)
-    if (entry.parsed) closes.push(PgProtocol.encodeClose({ target: "statement", name: entry.name }))
-    entry.parsed = false
-  }
-
   /** One statement's bytes; throws a `CodecError` for parameters that cannot be bound. */
   const encode = (query: Query, parts: Array<Uint8Array>): Step => {
     const parameters = query.params.map((value) => Parameters.infer(value, session.registry))
     const types = parameters.map((parameter) => parameter.oid)
     // A statement whose `Parse` is on the wire already goes unnamed: naming it twice would collide.
-    const entry = query.prepare && options.preparedStatements > 0 ? named(query.sql, types) : undefined
+    const entry = query.prepare && options.preparedStatements > 0
+      ? PreparedStatements.named(prepared, query.sql, types)
+      : undefined
     const usable = entry !== undefined && (entry.parsed || !entry.parsing) ? entry : undefined
     const parses = usable === undefined || !usable.parsed
     if (parses) {
@@ -342,8 +299,7 @@ export const make = (session: DriverSession, options: Options): Wire => {
       return queryError(cause, "PgConnection: Failed to encode query")
     }
     parts.push(sync)
-    const closing = closes
-    closes = []
+    const closing = PreparedStatements.takeCloses(prepared)
     pending.push({
       steps,
       frame: Buffer.concat(closing.length === 0 ? parts : [...closing, ...parts]),
@@ -401,7 +357,7 @@ export const make = (session: DriverSession, options: Options): Wire => {
   const finishStep = (cycle: Cycle, step: Step, tag: string): void => {
     const { command, rowCount, oid } = parseTag(tag)
     // The server dropped prepared statements: this connection's names may be among them.
-    if (command === "DEALLOCATE" || tag === "DISCARD ALL") forgetPrepared()
+    if (command === "DEALLOCATE" || tag === "DISCARD ALL") PreparedStatements.forget(prepared)
     step.outcome = { command, rowCount, oid, rows: step.rows, fields: step.description?.fields ?? [] }
     cycle.at++
   }
@@ -437,10 +393,10 @@ export const make = (session: DriverSession, options: Options): Wire => {
     if (entry !== undefined && !step.parses && fields.code === lostStatement) {
       // Someone dropped this connection's statements (DEALLOCATE ALL, DISCARD ALL): none of the names hold.
       cycle.stale = true
-      forgetPrepared()
+      PreparedStatements.forget(prepared)
     } else if (entry !== undefined && fields.code === changedResult) {
       cycle.stale = true
-      evict(entry)
+      PreparedStatements.evict(prepared, entry)
     }
   }
 
@@ -500,13 +456,6 @@ export const make = (session: DriverSession, options: Options): Wire => {
     onFatal: failAll
   }
 
-  const forgetPrepared = (): void => {
-    for (const entry of recency) entry.parsed = false
-    prepared.clear()
-    recency.clear()
-    closes = []
-  }
-
   const idle: Effect.Effect<void> = Effect.callback<void>((resume) => {
     if (inFlight.length === 0 && pending.length === 0) return resume(Effect.void)
     const waiter = () => resume(Effect.void)
@@ -538,7 +487,7 @@ export const make = (session: DriverSession, options: Options): Wire => {
     },
     stream: (sql, params) =>
       Stream.unwrap(Effect.as(Effect.acquireRelease(lend, () => takeBack), session.stream(sql, params))),
-    forgetPrepared
+    forgetPrepared: () => PreparedStatements.forget(prepared)
   }
 }
 

@@ -12,6 +12,14 @@
  * the prologue sets lasts until the transaction ends. Cycles run one after
  * another in submission order, as the server reads a pipeline.
  *
+ * It reads statements as the pool does (../../internal/sqlText.ts) and
+ * answers the pool's own as the pool says a clean session does
+ * (../../internal/prologue.ts), so it knows nothing of their text.
+ *
+ * Why this module is over 300 lines: it is one stand-in for the server, the
+ * script and the connections answering from it sharing one record of
+ * statements, and `PoolTest` exposes its types as its own.
+ *
  * @internal
  */
 import * as Cause from "effect/Cause"
