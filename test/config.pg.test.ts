@@ -41,8 +41,8 @@ describe("PoolConfig.resolve", () => {
         acquireTimeout: 250,
         idleTimeout: "2 minutes",
         maxLifetime: "Infinity",
-        shutdownTimeout: "1.5s" as never,
-        connectTimeout: "750ms" as never
+        shutdownTimeout: "1.5s",
+        connectTimeout: "750 ms"
       })
       assert.strictEqual(resolved.acquireTimeout, 250)
       assert.strictEqual(resolved.idleTimeout, 120_000)
@@ -101,6 +101,23 @@ describe("PoolConfig.resolve", () => {
       assert.strictEqual(error.field, "min")
       assert.sameMembers((error.others ?? []).map((other) => other.field), ["max", "pipelineDepth", "acquireTimeout"])
       for (const field of ["min", "max", "pipelineDepth", "acquireTimeout"]) assert.include(error.message, `${field} = `)
+    }))
+
+  it.effect("reports a key that is no option and a wrong URL beside the other problems, showing neither", () =>
+    Effect.gen(function*() {
+      const error = yield* configError({
+        url: `postgres://app:${secret}@h/db?sslmode=sometimes`,
+        passwd: secret,
+        retryBase: "2s",
+        retryMax: "1s"
+      } as PoolConfig.Options)
+      assert.deepStrictEqual(
+        [error, ...error.others ?? []].map(({ field, value }) => [field, value]),
+        [["passwd", "<redacted>"], ["url", "<redacted>"], ["retryBase", "2000"]]
+      )
+      assert.match(error.message, /sslmode|SSL mode/)
+      assert.match(error.message, /must not exceed retryMax \(1000\)/)
+      assert.notInclude(JSON.stringify(error), secret)
     }))
 
   it.effect("reads PgClient's option names with the same meaning", () =>
@@ -202,14 +219,16 @@ describe("Pool.layerConfig", () => {
       }
     }))
 
-  it.live("reports a bad variable as the option it sets", () =>
+  it.live("reports a variable not of its option's type by its name, and one out of range as the option it sets", () =>
     Effect.gen(function*() {
-      const error = yield* Effect.flip(Layer.build(Pool.layerConfig().pipe(withEnv({
-        DATABASE_URL: databaseUrl(),
-        PGPOOL_MAX: "lots"
-      }))))
-      assert.strictEqual(error._tag, "PoolConfigError")
-      if (error._tag === "PoolConfigError") assert.strictEqual(error.field, "max")
+      const build = (max: string) =>
+        Effect.flip(Layer.build(Pool.layerConfig().pipe(withEnv({ DATABASE_URL: databaseUrl(), PGPOOL_MAX: max }))))
+      const malformed = yield* build("lots")
+      assert.strictEqual(malformed._tag, "ConfigError")
+      assert.include(malformed.message, "PGPOOL_MAX")
+      const outOfRange = yield* build("0")
+      assert.strictEqual(outOfRange._tag, "PoolConfigError")
+      if (outOfRange._tag === "PoolConfigError") assert.strictEqual(outOfRange.field, "max")
     }))
 })
 

@@ -1,96 +1,16 @@
 /**
  * The names the pool's options go by: its own, and `@effect/sql-pg`'s
- * `PgClient.layer` names read with the same meaning, so options written for
- * `PgClient` carry over. A key that is neither is refused, naming the
- * nearest option: an option the pool silently ignored (a typo, or a name from
- * another client) would leave a setting at its default unseen.
+ * `PgClient.layer` names read with the same meaning (the table's records
+ * with `aliasOf`), so options written for `PgClient` carry over. A key that
+ * is neither is refused, naming the nearest option: an option the pool
+ * silently ignored (a typo, or a name from another client) would leave a
+ * setting at its default unseen.
  *
  * @internal
  */
-import { PoolConfigError } from "../PoolError.ts"
 import type { Options } from "../PoolConfig.ts"
-
-/** Every option key; the record's type makes the compiler keep it complete. */
-const known: Record<keyof Options, true> = {
-  url: true,
-  host: true,
-  port: true,
-  path: true,
-  database: true,
-  username: true,
-  password: true,
-  ssl: true,
-  applicationName: true,
-  startupParameters: true,
-  startupOptions: true,
-  keepAlive: true,
-  stream: true,
-  types: true,
-  maxMessageSize: true,
-  spanAttributes: true,
-  name: true,
-  min: true,
-  max: true,
-  maxConnecting: true,
-  sizing: true,
-  sizingInterval: true,
-  pipelineDepth: true,
-  maxWaiting: true,
-  acquireTimeout: true,
-  idleTimeout: true,
-  maxLifetime: true,
-  maxLifetimeJitter: true,
-  maxUses: true,
-  connectTimeout: true,
-  queryTimeout: true,
-  initializationTimeout: true,
-  shutdownTimeout: true,
-  housekeepingInterval: true,
-  connectRetryBase: true,
-  connectRetryMax: true,
-  validationThreshold: true,
-  validationTimeout: true,
-  keepaliveInterval: true,
-  leakDetectionThreshold: true,
-  circuitBreakerThreshold: true,
-  circuitProbeInterval: true,
-  retryAttempts: true,
-  retryBase: true,
-  retryMax: true,
-  prepare: true,
-  behindPooler: true,
-  preparedStatementCacheSize: true,
-  transformResultNames: true,
-  transformQueryNames: true,
-  transformJson: true,
-  tenantSetting: true,
-  requireTenant: true,
-  tenantFormat: true,
-  tenantMaxLength: true,
-  sessionCheck: true,
-  searchPath: true,
-  fairness: true,
-  tenantWeights: true,
-  defaultTenantWeight: true,
-  priorityWeights: true,
-  tenantMaxInUse: true,
-  tenantMaxQueued: true,
-  tenantTelemetry: true,
-  tenantMetricsLimit: true,
-  maxConnections: true,
-  minConnections: true,
-  connectionTTL: true,
-  multiplex: true,
-  multiplexConcurrency: true
-}
-
-/** `PgClient`'s names for the pool's own options. */
-const aliases = {
-  maxConnections: "max",
-  minConnections: "min",
-  connectionTTL: "maxLifetime",
-  multiplexConcurrency: "pipelineDepth"
-} as const satisfies Partial<Record<keyof Options, keyof Options>>
+import type { Problems } from "./optionChecks.ts"
+import { specs, table } from "./options.ts"
 
 /** Edit distance, case-insensitive: how far a misspelt key is from an option. */
 const distance = (a: string, b: string): number => {
@@ -111,7 +31,7 @@ const distance = (a: string, b: string): number => {
 const nearest = (key: string): string | undefined => {
   let best: string | undefined
   let bestDistance = Infinity
-  for (const name of Object.keys(known)) {
+  for (const [name] of specs) {
     const d = distance(key, name)
     if (d < bestDistance) {
       best = name
@@ -122,37 +42,32 @@ const nearest = (key: string): string | undefined => {
 }
 
 /**
- * `options` under the pool's own names: `PgClient`'s names mapped onto
- * them (`multiplex: false` is `pipelineDepth: 1`), or the first key that is
- * no option, or that says something else than the pool's own name beside it.
+ * `options` under the pool's own names: `PgClient`'s names mapped onto them
+ * (`multiplex: false` is `pipelineDepth: 1`). Each key that is no option,
+ * and each name that says something else than the pool's own name beside
+ * it, is reported (and left out).
  *
  * @internal
  */
-export const canonical = (options: Options): Options | PoolConfigError => {
-  const unknown = Object.keys(options).find((key) => !Object.hasOwn(known, key))
-  if (unknown !== undefined) {
-    const guess = nearest(unknown)
-    return new PoolConfigError({
-      field: unknown,
-      value: "(not shown)",
-      reason: `not an option of the pool${guess === undefined ? "" : `; did you mean ${guess}?`}`
-    })
-  }
-  const renamed: Record<string, unknown> = { ...options }
-  const pairs: Array<readonly [alias: string, own: string, value: unknown]> = Object.entries(aliases)
-    .map(([alias, own]) => [alias, own, options[alias as keyof typeof aliases]] as const)
-  if (options.multiplex === false) pairs.push(["multiplex", "pipelineDepth", 1])
-  for (const [alias, own, value] of pairs) {
-    if (value === undefined) continue
-    if (renamed[own] !== undefined && renamed[own] !== value) {
-      return new PoolConfigError({
-        field: alias,
-        value: String(value),
-        reason: `says otherwise than ${own} (${String(renamed[own])}), which it is another name for`
-      })
+export const canonical = (options: Options, problems: Problems): Options => {
+  const renamed: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(options)) {
+    if (Object.hasOwn(table, key)) renamed[key] = value
+    else {
+      const guess = nearest(key)
+      problems.report(key, value, `not an option of the pool${guess === undefined ? "" : `; did you mean ${guess}?`}`)
     }
-    renamed[own] = value
   }
-  for (const alias of [...Object.keys(aliases), "multiplex"]) delete renamed[alias]
+  for (const [alias, spec] of specs) {
+    if (spec.aliasOf === undefined) continue
+    const given = renamed[alias]
+    delete renamed[alias]
+    const value = given === undefined || spec.means === undefined ? given : spec.means(given)
+    if (value === undefined) continue
+    const own = renamed[spec.aliasOf]
+    if (own !== undefined && own !== value) {
+      problems.report(alias, given, `says otherwise than ${spec.aliasOf} (${String(own)}), which it is another name for`)
+    } else renamed[spec.aliasOf] = value
+  }
   return renamed as Options
 }
