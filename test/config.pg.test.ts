@@ -142,6 +142,19 @@ describe("PoolConfig.resolve", () => {
       assert.strictEqual((yield* PoolConfig.resolve({ ...valid, max: 6, maxConnections: 6 })).max, 6)
     }))
 
+  it.effect("matches tenantFormat against the whole id, the same way every time", () =>
+    Effect.gen(function*() {
+      const { checkTenant } = yield* PoolConfig.resolve({ ...valid, tenantFormat: /[a-z]+/g })
+      assert.deepStrictEqual(["abc", "abc", "abc1", "1abc"].map((id) => checkTenant(id) === undefined), [
+        true,
+        true,
+        false,
+        false
+      ])
+      const error = yield* configError({ ...valid, tenantFormat: "x)|(?:y" as never })
+      assert.strictEqual(error.field, "tenantFormat")
+    }))
+
   it.effect("needs no password: the server says whether it wants one", () =>
     Effect.gen(function*() {
       const resolved = yield* PoolConfig.resolve({ url: "postgres://app@db.internal/meshhook" })

@@ -32,7 +32,11 @@ export interface Kind<In, Out> {
   readonly variable?: ((name: string) => Config.Config<In>) | undefined
   /** What it takes, as the reference says it. */
   readonly values: string
-  /** A value as the reference writes it, which is also how its variable is written. */
+  /**
+   * A value as the reference writes it, which is also how its variable is
+   * written. A method, so that the table can list kinds of every option's
+   * type as one (./options.ts `specs`).
+   */
   show(value: In): string
   /** Never shown, not even in an error. */
   readonly secret?: boolean | undefined

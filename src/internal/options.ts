@@ -49,7 +49,7 @@ export interface Spec<In> {
   readonly notAbove?: keyof Options
   /** For `PgClient`'s names: the pool's own option it stands for. */
   readonly aliasOf?: keyof Options
-  /** The value it stands for there, if not its own; `undefined` for nothing. */
+  /** The value it stands for there, if not its own; `undefined` for nothing. A method, as `Kind.show` is. */
   means?(value: In): unknown
 }
 

@@ -51,10 +51,11 @@ export const format: Kinds.Kind<"any" | "uuid" | RegExp, RegExp | undefined> = {
     if (input === "any") return Result.succeed(undefined)
     if (input === "uuid") return Result.succeed(uuid)
     const expression = input instanceof RegExp ? input : typeof input === "string" ? compiled(input) : undefined
-    // Compiled alone first: a source is only wrapped once it is known to be one expression.
+    // Compiled alone first: a source is only wrapped once it is known to be one expression. Without `g`
+    // and `y`, which would make `test` start where the last match ended, and so answer differently for the same id.
     return expression === undefined
       ? Result.fail("use any, uuid, or a valid regular expression")
-      : Result.succeed(new RegExp(`^(?:${expression.source})$`, expression.flags))
+      : Result.succeed(new RegExp(`^(?:${expression.source})$`, expression.flags.replace(/[gy]/g, "")))
   },
   variable: Kinds.parsed(formatOf, "use any, uuid, or a valid regular expression"),
   values: "`any`, `uuid` or a regular expression",
