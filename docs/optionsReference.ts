@@ -8,7 +8,7 @@ import * as Fs from "node:fs"
 import { type Section, type Spec, specs } from "../src/internal/options.ts"
 
 /** docs/configuration.md. */
-export const page = new URL("../docs/configuration.md", import.meta.url)
+export const page = new URL("./configuration.md", import.meta.url)
 
 const begin = "<!-- The options, written by `npm run docs:options` from src/internal/options.ts: edit the table, not this. -->"
 const end = "<!-- End of the options. -->"
