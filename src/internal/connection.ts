@@ -21,7 +21,7 @@ const transformed = (answer: Wire.Answer, transformRows: Rows | undefined) =>
 
 const values = (answer: Wire.Answer) => answer.rows as Array<Array<unknown>>
 
-/** @internal */
+/** A `Connection` whose methods all run statements through {@link Base.run}, but streams. @internal */
 export abstract class Base implements SqlConnection.Connection {
   /** Runs one statement of the caller's: its answer, as the driver's `Result`. */
   abstract run(query: Wire.Query): Effect.Effect<Wire.Answer, SqlError>

@@ -53,7 +53,7 @@ import { fail, type Serving, tenantOf } from "./serving.ts"
 import * as SqlText from "./sqlText.ts"
 import type * as Wire from "./wire.ts"
 
-/** @internal */
+/** A connection lent to one caller alone: its state, shared with the modules that keep its rules. @internal */
 export class Lease extends Connection.Base {
   /** The connection, and its session: another one if the first had been left unclean (rule 2). */
   entry: Entry<Wire.Wire>

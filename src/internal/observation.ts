@@ -22,7 +22,7 @@ import { sqlStateOf } from "./sqlState.ts"
 import type * as SqlText from "./sqlText.ts"
 import type { Recorder } from "./telemetry.ts"
 
-/** @internal */
+/** What one pool tells about its statements. @internal */
 export interface Observation {
   /**
    * Telemetry for one statement as its caller sees it: `db.operation.name`
@@ -48,7 +48,7 @@ export interface Observation {
   readonly origin: ((fiber: Fiber.Fiber<unknown, unknown>) => () => string) | undefined
 }
 
-/** @internal */
+/** One pool's telemetry and warnings for its statements, through its metrics `recorder`. @internal */
 export const make = (options: PoolConfig.Resolved, recorder: Recorder): Observation => {
   const warn = (message: string): Effect.Effect<void> =>
     Effect.logWarning(message).pipe(Effect.annotateLogs({ pool: options.name }))

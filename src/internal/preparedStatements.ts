@@ -22,7 +22,7 @@ export interface Prepared<D> {
   description: D | undefined
 }
 
-/** @internal */
+/** One connection's named statements. @internal */
 export interface PreparedStatements<D> {
   /**
    * By text, then by parameter types: a statement's text is usually one
@@ -43,7 +43,7 @@ export interface PreparedStatements<D> {
 
 const noCloses: Array<Uint8Array> = []
 
-/** @internal */
+/** A connection's names, none yet, at most `capacity`. @internal */
 export const make = <D>(capacity: number): PreparedStatements<D> => ({
   byText: new Map(),
   recency: new Set(),

@@ -274,7 +274,7 @@ const cleanReport: readonly [unlocked: string, prepared: string, noTempSchema: s
  * @internal
  */
 export const reset = (pins: Pins): ReadonlyArray<Query> =>
-  resetSql.map((sql) => ({ sql, params: sql.includes("$1") ? [pins.searchPath] : [], prepare: false, shape: "values" }))
+  resetSql.map((sql) => ({ sql, params: sql === baselineSql ? [pins.searchPath] : [], prepare: false, shape: "values" }))
 
 /**
  * Whether the reset left the session as the pool opened it; if not, why

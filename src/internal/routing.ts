@@ -33,7 +33,7 @@ export interface Routing {
   readonly lease: Effect.Effect<SqlConnection.Connection, SqlError, Scope.Scope>
 }
 
-/** @internal */
+/** The routes of one pool's statements; `callerScope` reads and checks the caller's tenant scope. @internal */
 export const make = (serving: Serving, callerScope: Effect.Effect<Tenant.Scope, SqlError>): Routing => {
   const lease = Effect.flatMap(callerScope, (scope) => Lease.scoped(serving, scope))
   // One per tenant scope, made once: a scope is a reference the fiber keeps.

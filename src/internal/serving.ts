@@ -21,7 +21,7 @@ import type * as SqlText from "./sqlText.ts"
 import type { Recorder } from "./telemetry.ts"
 import type * as Wire from "./wire.ts"
 
-/** @internal */
+/** What every path of a statement uses of the pool. @internal */
 export interface Serving extends Observation.Observation {
   readonly engine: Engine<Wire.Wire>
   /** What every transaction pins. */
@@ -40,7 +40,7 @@ export interface Serving extends Observation.Observation {
   readonly acquire: (scope: Tenant.Scope, shared: boolean) => Effect.Effect<Entry<Wire.Wire>, SqlError>
 }
 
-/** @internal */
+/** What a pool's statements are served with, made once per pool. @internal */
 export const make = ({ cancel, engine, options, pins, recorder }: {
   readonly engine: Engine<Wire.Wire>
   readonly options: PoolConfig.Resolved

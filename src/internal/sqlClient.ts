@@ -21,7 +21,7 @@ import * as Serving from "./serving.ts"
 import type { Recorder } from "./telemetry.ts"
 import type * as Wire from "./wire.ts"
 
-/** @internal */
+/** The pool's `SqlClient`, over its engine. @internal */
 export const make = (
   engine: Engine<Wire.Wire>,
   options: PoolConfig.Resolved,
