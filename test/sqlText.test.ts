@@ -167,4 +167,23 @@ describe("SqlText", () => {
     assert.deepStrictEqual(SqlText.tokenize("SELECT $q$ abc").map((t) => t.text), ["select"])
     assert.deepStrictEqual(SqlText.tokenize("SELECT $1, a$b").map((t) => t.kind), ["word", "parameter", "symbol", "word"])
   })
+
+  it("splits a script into statements at the semicolons outside strings, comments, dollar quotes and parentheses", () => {
+    const script = [
+      "-- a migration",
+      "CREATE TABLE t (a text DEFAULT ';', \"b;\" int);",
+      "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN 1; END $body$;",
+      "/* one; /* nested; */ still a comment; */ INSERT INTO t SELECT E'it\\'s; fine';",
+      "CREATE RULE r AS ON INSERT TO t DO ALSO (NOTIFY a; NOTIFY b);",
+      ";;  -- trailing; comment",
+      ""
+    ].join("\n")
+    assert.deepStrictEqual(SqlText.statements(script), [
+      "-- a migration\nCREATE TABLE t (a text DEFAULT ';', \"b;\" int)",
+      "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN 1; END $body$",
+      "/* one; /* nested; */ still a comment; */ INSERT INTO t SELECT E'it\\'s; fine'",
+      "CREATE RULE r AS ON INSERT TO t DO ALSO (NOTIFY a; NOTIFY b)"
+    ])
+    assert.deepStrictEqual(SqlText.statements("SELECT 1; SELECT 'never ends; SELECT 2"), ["SELECT 1", "SELECT 'never ends; SELECT 2"])
+  })
 })

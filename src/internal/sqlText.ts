@@ -212,6 +212,41 @@ export const tokenize = (sql: string): Array<Token> => {
   return tokens
 }
 
+/**
+ * Splits a script (a migration) into its statements at the semicolons
+ * outside parentheses, as psql does, for a protocol that takes one statement
+ * at a time. Comments stay inside the statement they are in; a piece with no
+ * token (only whitespace and comments) is no statement.
+ *
+ * @internal
+ */
+export const statements = (script: string): Array<string> => {
+  const found: Array<string> = []
+  const tokens: Array<Token> = []
+  let start = 0
+  let counted = 0
+  let depth = 0
+  let i = 0
+  while (i >= 0 && i < script.length) {
+    const before = tokens.length
+    const next = token(script, i, tokens)
+    const read = tokens.length > before ? tokens[before] : undefined
+    if (read?.kind === "symbol" && read.text === "(") depth++
+    else if (read?.kind === "symbol" && read.text === ")") depth--
+    else if (read?.kind === "symbol" && read.text === ";" && depth <= 0) {
+      tokens.pop()
+      if (tokens.length > counted) found.push(script.slice(start, i).trim())
+      counted = tokens.length
+      start = next
+    }
+    i = next
+  }
+  // Text that never ends (an unterminated string or comment) goes as it is: the server refuses it.
+  const rest = script.slice(start).trim()
+  if (i < 0 ? rest !== "" : tokens.length > counted) found.push(rest)
+  return found
+}
+
 /** A word or identifier's folded name; `undefined` for other tokens. */
 const nameOf = (token: Token | undefined): string | undefined =>
   token !== undefined && (token.kind === "word" || token.kind === "identifier") ? token.text.toLowerCase() : undefined

@@ -37,8 +37,8 @@ import * as Pool from "../Pool.ts"
 import type * as PoolConfig from "../PoolConfig.ts"
 import type * as PoolError from "../PoolError.ts"
 import * as SqlState from "../internal/sqlState.ts"
+import * as SqlText from "../internal/sqlText.ts"
 import * as PgServer from "./PgServer.ts"
-import { splitStatements } from "./internal/sqlScript.ts"
 
 /**
  * Setting up the test database failed: the server could not be reached, a
@@ -152,7 +152,7 @@ const migrate = (connection: PgConnection.PgConnection, file: string) =>
       catch: (cause) => new PgTestError({ message: `Cannot read migration ${file}`, file, cause })
     })
     yield* connection.query("BEGIN", [], false)
-    for (const statement of splitStatements(script)) yield* connection.query(statement, [], false)
+    for (const statement of SqlText.statements(script)) yield* connection.query(statement, [], false)
     yield* connection.query("COMMIT", [], false)
   }).pipe(
     Effect.mapError((cause) =>
