@@ -1,16 +1,16 @@
 /**
  * The options section of docs/configuration.md, written from the table of
- * options (src/internal/options.ts): `npm run docs:options` rewrites it in
+ * options (src/internal/options/options.ts): `npm run docs:options` rewrites it in
  * place, and test/options.test.ts fails when the page differs from what
  * this would write. The page's other parts are written by hand.
  */
 import * as Fs from "node:fs"
-import { type Section, type Spec, specs } from "../src/internal/options.ts"
+import { type Section, type Spec, specs } from "../src/internal/options/options.ts"
 
 /** docs/configuration.md. */
 export const page = new URL("./configuration.md", import.meta.url)
 
-const begin = "<!-- The options, written by `npm run docs:options` from src/internal/options.ts: edit the table, not this. -->"
+const begin = "<!-- The options, written by `npm run docs:options` from src/internal/options/options.ts: edit the table, not this. -->"
 const end = "<!-- End of the options. -->"
 
 const sections: Record<Section, { readonly title: string; readonly intro?: string }> = {

@@ -36,7 +36,7 @@ import * as Metric from "effect/Metric"
 import * as Queue from "effect/Queue"
 import type { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
-import { channelTooLong } from "./internal/pgClient.ts"
+import { channelTooLong } from "./internal/client/pgClient.ts"
 import * as PoolError from "./PoolError.ts"
 
 /**

@@ -35,16 +35,16 @@ import * as SqlClient from "effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Statement from "effect/sql/Statement"
 import type { SqlError } from "effect/sql/SqlError"
-import * as Engine from "./internal/engine.ts"
-import * as Listener from "./internal/listener.ts"
-import * as PgClientService from "./internal/pgClient.ts"
-import type { Connector } from "./internal/connector.ts"
-import * as Prologue from "./internal/prologue.ts"
-import * as Wire from "./internal/wire.ts"
-import * as Sizing from "./internal/sizing.ts"
+import * as Engine from "./internal/engine/engine.ts"
+import * as Listener from "./internal/client/listener.ts"
+import * as PgClientService from "./internal/client/pgClient.ts"
+import type { Connector } from "./internal/engine/connector.ts"
+import * as Prologue from "./internal/postgres/prologue.ts"
+import * as Wire from "./internal/postgres/wire.ts"
+import * as Sizing from "./internal/engine/sizing.ts"
 import * as Telemetry from "./internal/telemetry.ts"
-import * as PgConnector from "./internal/pgConnector.ts"
-import * as SqlClientImpl from "./internal/sqlClient.ts"
+import * as PgConnector from "./internal/postgres/pgConnector.ts"
+import * as SqlClientImpl from "./internal/client/sqlClient.ts"
 import * as PoolConfig from "./PoolConfig.ts"
 import * as Retry from "./Retry.ts"
 import type { DatabaseUnavailableError, PoolConfigError } from "./PoolError.ts"
@@ -185,7 +185,7 @@ export const makeWithConnector = Effect.fnUntraced(function*(
 })
 
 /**
- * What every transaction pins (./internal/prologue.ts), and the session each
+ * What every transaction pins (./internal/postgres/prologue.ts), and the session each
  * new connection starts with. The `search_path` is the configured one, or
  * the server's default read on the first connection; directly on
  * PostgreSQL each session also gets it as its own default, so the prologue

@@ -3,7 +3,7 @@
  * environment variables they are read from.
  *
  * Each option has one record in the table of options
- * (src/internal/options.ts), from which the defaults, the checks, the
+ * (src/internal/options/options.ts), from which the defaults, the checks, the
  * variables and the reference (docs/configuration.md) are derived. This
  * module holds the public types, documented field by field for editors
  * (which makes it longer than most), and puts the parts together.
@@ -23,14 +23,14 @@ import type * as Redacted from "effect/Redacted"
 import * as Struct from "effect/Struct"
 import type { Duplex } from "node:stream"
 import type { ConnectionOptions } from "node:tls"
-import * as Target from "./internal/connectionTarget.ts"
-import * as Fairness from "./internal/fairnessOptions.ts"
-import * as OptionChecks from "./internal/optionChecks.ts"
-import * as OptionNames from "./internal/optionNames.ts"
-import * as Table from "./internal/options.ts"
-import * as OptionVariables from "./internal/optionVariables.ts"
-import type { FairnessOptions } from "./internal/scheduler.ts"
-import * as Tenants from "./internal/tenantOptions.ts"
+import * as Target from "./internal/options/connectionTarget.ts"
+import * as Fairness from "./internal/options/fairnessOptions.ts"
+import * as OptionChecks from "./internal/options/optionChecks.ts"
+import * as OptionNames from "./internal/options/optionNames.ts"
+import * as Table from "./internal/options/options.ts"
+import * as OptionVariables from "./internal/options/optionVariables.ts"
+import type { FairnessOptions } from "./internal/engine/scheduler.ts"
+import * as Tenants from "./internal/options/tenantOptions.ts"
 import type { PoolConfigError } from "./PoolError.ts"
 import type * as Priority from "./Priority.ts"
 

@@ -7,8 +7,8 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import { TestClock } from "effect/testing"
-import type * as Engine from "../src/internal/engine.ts"
-import type { Entry } from "../src/internal/entry.ts"
+import type * as Engine from "../src/internal/engine/engine.ts"
+import type { Entry } from "../src/internal/engine/entry.ts"
 import {
   alone,
   authenticationFailed,

@@ -1,5 +1,5 @@
 /**
- * The table of options (src/internal/options.ts) against what is derived
+ * The table of options (src/internal/options/options.ts) against what is derived
  * from it: the reference page, the defaults, the environment variables, and
  * the one set of duration forms, in code and in the environment.
  */
@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Result from "effect/Result"
 import * as Fs from "node:fs"
 import { found, page, shownDefault, written } from "../docs/optionsReference.ts"
-import { specs, table } from "../src/internal/options.ts"
+import { specs, table } from "../src/internal/options/options.ts"
 import { Observability } from "../src/otel/index.ts"
 import * as PoolConfig from "../src/PoolConfig.ts"
 

@@ -6,13 +6,13 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Scope from "effect/Scope"
 import fc from "fast-check"
-import { Entry } from "../src/internal/entry.ts"
-import * as Housekeeper from "../src/internal/housekeeper.ts"
-import type { Lifecycle } from "../src/internal/lifecycle.ts"
-import { Link } from "../src/internal/linkedQueue.ts"
-import { type Events, Meter } from "../src/internal/meter.ts"
-import { type Limits, PoolState, type Waiting } from "../src/internal/poolState.ts"
-import type * as Scheduler from "../src/internal/scheduler.ts"
+import { Entry } from "../src/internal/engine/entry.ts"
+import * as Housekeeper from "../src/internal/engine/housekeeper.ts"
+import type { Lifecycle } from "../src/internal/engine/lifecycle.ts"
+import { Link } from "../src/internal/engine/linkedQueue.ts"
+import { type Events, Meter } from "../src/internal/engine/meter.ts"
+import { type Limits, PoolState, type Waiting } from "../src/internal/engine/poolState.ts"
+import type * as Scheduler from "../src/internal/engine/scheduler.ts"
 
 interface TestWaiter extends Waiting {
   readonly id: number

@@ -4,8 +4,8 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import fc from "fast-check"
-import { Link } from "../src/internal/linkedQueue.ts"
-import * as Scheduler from "../src/internal/scheduler.ts"
+import { Link } from "../src/internal/engine/linkedQueue.ts"
+import * as Scheduler from "../src/internal/engine/scheduler.ts"
 
 interface TestWaiter extends Scheduler.Waiting {
   readonly id: number

@@ -6,7 +6,7 @@
  * Deterministic: the noise comes from a seeded generator.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as Sizing from "../src/internal/sizing.ts"
+import * as Sizing from "../src/internal/engine/sizing.ts"
 
 interface World {
   /** Callers, each sending its next request as soon as the last is answered. */

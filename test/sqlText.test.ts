@@ -6,7 +6,7 @@
  * test/adversarial.pg.test.ts).
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as SqlText from "../src/internal/sqlText.ts"
+import * as SqlText from "../src/internal/postgres/sqlText.ts"
 
 const sessionState = (sql: string) => SqlText.read(sql).sessionState
 

@@ -9,8 +9,8 @@ import * as Fiber from "effect/Fiber"
 import * as Redacted from "effect/Redacted"
 import { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
-import * as PgConnector from "../src/internal/pgConnector.ts"
-import * as Wire from "../src/internal/wire.ts"
+import * as PgConnector from "../src/internal/postgres/pgConnector.ts"
+import * as Wire from "../src/internal/postgres/wire.ts"
 import { admin, eventually, serverUrl } from "./support/pg.ts"
 
 /** A wire on a fresh connection, with a counter of the retire reports it made. */

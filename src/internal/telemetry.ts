@@ -13,7 +13,7 @@ import type * as Context from "effect/Context"
 import type * as Metric from "effect/Metric"
 import { createHash } from "node:crypto"
 import { metrics, poolNameAttribute, tenantAttribute } from "../Metrics.ts"
-import type { Stats } from "./engine.ts"
+import type { Stats } from "./engine/engine.ts"
 
 /** How tenant ids appear in spans and metrics. @internal */
 export type TenantTelemetry = "plain" | "hashed" | "off"

@@ -36,8 +36,8 @@ import { fileURLToPath } from "node:url"
 import * as Pool from "../Pool.ts"
 import type * as PoolConfig from "../PoolConfig.ts"
 import type * as PoolError from "../PoolError.ts"
-import * as SqlState from "../internal/sqlState.ts"
-import * as SqlText from "../internal/sqlText.ts"
+import * as SqlState from "../internal/postgres/sqlState.ts"
+import * as SqlText from "../internal/postgres/sqlText.ts"
 import * as PgServer from "./PgServer.ts"
 
 /**

@@ -13,7 +13,7 @@ import * as Exit from "effect/Exit"
 import { SqlError } from "effect/sql/SqlError"
 import { randomBytes } from "node:crypto"
 import { inject } from "vitest"
-import { sqlStateOf } from "../../src/internal/sqlState.ts"
+import { sqlStateOf } from "../../src/internal/postgres/sqlState.ts"
 import * as Pool from "../../src/Pool.ts"
 import type * as PoolConfig from "../../src/PoolConfig.ts"
 

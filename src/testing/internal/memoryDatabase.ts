@@ -12,9 +12,9 @@
  * the prologue sets lasts until the transaction ends. Cycles run one after
  * another in submission order, as the server reads a pipeline.
  *
- * It reads statements as the pool does (../../internal/sqlText.ts) and
+ * It reads statements as the pool does (../../internal/postgres/sqlText.ts) and
  * answers the pool's own as the pool says a clean session does
- * (../../internal/prologue.ts), so it knows nothing of their text.
+ * (../../internal/postgres/prologue.ts), so it knows nothing of their text.
  *
  * Why this module is over 300 lines: it is one stand-in for the server, the
  * script and the connections answering from it sharing one record of
@@ -30,11 +30,11 @@ import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import { ConnectionError, SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
-import type { Connector } from "../../internal/connector.ts"
-import * as Prologue from "../../internal/prologue.ts"
-import { connectFailure, reasonFor } from "../../internal/sqlState.ts"
-import * as SqlText from "../../internal/sqlText.ts"
-import * as Wire from "../../internal/wire.ts"
+import type { Connector } from "../../internal/engine/connector.ts"
+import * as Prologue from "../../internal/postgres/prologue.ts"
+import { connectFailure, reasonFor } from "../../internal/postgres/sqlState.ts"
+import * as SqlText from "../../internal/postgres/sqlText.ts"
+import * as Wire from "../../internal/postgres/wire.ts"
 
 /** A statement the code under test sent, as the database saw it. @internal */
 export interface Statement {

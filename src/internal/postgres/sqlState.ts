@@ -22,7 +22,7 @@ import {
   UniqueViolation,
   UnknownError
 } from "effect/sql/SqlError"
-import type { ConnectFailure } from "./connector.ts"
+import type { ConnectFailure } from "../engine/connector.ts"
 
 interface ErrorProps {
   readonly cause: unknown

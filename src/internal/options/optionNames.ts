@@ -8,7 +8,7 @@
  *
  * @internal
  */
-import type { Options } from "../PoolConfig.ts"
+import type { Options } from "../../PoolConfig.ts"
 import type { Problems } from "./optionChecks.ts"
 import { specs, table } from "./options.ts"
 

@@ -7,11 +7,11 @@
  */
 import * as Config from "effect/Config"
 import * as Result from "effect/Result"
-import type { Level } from "../Priority.ts"
+import type { Level } from "../../Priority.ts"
 import type { Kind } from "./optionKinds.ts"
 import type { Problems } from "./optionChecks.ts"
 import type { Values } from "./options.ts"
-import type { FairnessOptions } from "./scheduler.ts"
+import type { FairnessOptions } from "../engine/scheduler.ts"
 
 const maxWeight = 1000
 const maxEntries = 10_000

@@ -1,7 +1,7 @@
 /**
  * Which path a caller's statement takes, decided before any connection is
  * taken. The caller's tenant scope is checked first (./callerScope.ts);
- * then the statement's text is read (./sqlText.ts): refused behind a pooler
+ * then the statement's text is read (../postgres/sqlText.ts): refused behind a pooler
  * if it names session state, nothing sent; a query or DML naming none takes
  * a share of a connection (./shared.ts); anything else a connection alone,
  * for that one statement (./lease.ts). Transactions, streams and `reserve`
@@ -14,14 +14,14 @@ import type * as Scope from "effect/Scope"
 import type * as SqlConnection from "effect/sql/SqlConnection"
 import type { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
-import type * as Tenant from "../Tenant.ts"
+import type * as Tenant from "../../Tenant.ts"
 import * as Connection from "./connection.ts"
 import * as Lease from "./lease.ts"
 import * as LeaseTransaction from "./leaseTransaction.ts"
 import type { Serving } from "./serving.ts"
 import * as Shared from "./shared.ts"
-import * as SqlText from "./sqlText.ts"
-import type * as Wire from "./wire.ts"
+import * as SqlText from "../postgres/sqlText.ts"
+import type * as Wire from "../postgres/wire.ts"
 
 /** How `effect/sql` gets the pool's connections. @internal */
 export interface Routing {

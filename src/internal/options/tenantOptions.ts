@@ -8,7 +8,7 @@
 import * as Config from "effect/Config"
 import * as Result from "effect/Result"
 import * as Kinds from "./optionKinds.ts"
-import { searchPathOf } from "./prologue.ts"
+import { searchPathOf } from "../postgres/prologue.ts"
 
 /** A custom setting name: two or more dot-separated identifiers, as PostgreSQL requires. */
 const settingName = /^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)+$/

@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import type * as SqlConnection from "effect/sql/SqlConnection"
 import type { SqlError } from "effect/sql/SqlError"
 import type * as Stream from "effect/Stream"
-import type * as Wire from "./wire.ts"
+import type * as Wire from "../postgres/wire.ts"
 
 /** `effect/sql`'s row transform (result names, JSON). @internal */
 export type Rows = <A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>

@@ -22,7 +22,7 @@ import type * as PgProtocol from "@effect/sql-pg/PgProtocol"
 import type * as PgTypes from "@effect/sql-pg/PgTypes"
 import * as Effect from "effect/Effect"
 import type { SqlError } from "effect/sql/SqlError"
-import type { Connector } from "./connector.ts"
+import type { Connector } from "../engine/connector.ts"
 import { connectFailure } from "./sqlState.ts"
 import * as Wire from "./wire.ts"
 

@@ -12,8 +12,8 @@ import { SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as Listener from "./listener.ts"
-import * as PoolError from "../PoolError.ts"
-import type * as PoolConfig from "../PoolConfig.ts"
+import * as PoolError from "../../PoolError.ts"
+import type * as PoolConfig from "../../PoolConfig.ts"
 
 /** The custom fragment `PgClient.makeCompiler` binds as `jsonb` (the pool's layer compiles with it). */
 const pgJson = Statement.custom<Statement.Custom<"PgJson", unknown, void, void>>("PgJson")

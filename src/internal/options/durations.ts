@@ -15,7 +15,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
-import type { DurationInput } from "../PoolConfig.ts"
+import type { DurationInput } from "../../PoolConfig.ts"
 
 /** Milliseconds per unit; the short units also go without the space. */
 const millisPer: Readonly<Record<string, number>> = {

@@ -9,10 +9,10 @@
 import * as Effect from "effect/Effect"
 import * as Semaphore from "effect/Semaphore"
 import type { SqlError } from "effect/sql/SqlError"
-import * as PoolError from "../PoolError.ts"
+import * as PoolError from "../../PoolError.ts"
 import type { Lease } from "./lease.ts"
 import { fail } from "./serving.ts"
-import type * as Wire from "./wire.ts"
+import type * as Wire from "../postgres/wire.ts"
 
 /**
  * The pool's own transaction control, unnamed: a name the server no longer

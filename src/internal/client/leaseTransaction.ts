@@ -19,15 +19,15 @@
  */
 import * as Effect from "effect/Effect"
 import { SqlError } from "effect/sql/SqlError"
-import * as PoolError from "../PoolError.ts"
+import * as PoolError from "../../PoolError.ts"
 import type { Lease } from "./lease.ts"
 import * as LeaseCycles from "./leaseCycles.ts"
 import * as LeaseEnd from "./leaseEnd.ts"
-import * as Prologue from "./prologue.ts"
+import * as Prologue from "../postgres/prologue.ts"
 import { fail } from "./serving.ts"
-import { sqlStateOf } from "./sqlState.ts"
-import * as SqlText from "./sqlText.ts"
-import * as Wire from "./wire.ts"
+import { sqlStateOf } from "../postgres/sqlState.ts"
+import * as SqlText from "../postgres/sqlText.ts"
+import * as Wire from "../postgres/wire.ts"
 
 /** One cycle of a lease's, as it was sent. */
 interface Sent {

@@ -15,7 +15,7 @@ import * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
-import type { Options } from "../PoolConfig.ts"
+import type { Options } from "../../PoolConfig.ts"
 import type { Problems } from "./optionChecks.ts"
 import { table, type Values } from "./options.ts"
 

@@ -10,11 +10,11 @@
  */
 import * as Effect from "effect/Effect"
 import type { SqlError } from "effect/sql/SqlError"
-import type * as PoolConfig from "../PoolConfig.ts"
-import * as PoolError from "../PoolError.ts"
-import * as Tenant from "../Tenant.ts"
+import type * as PoolConfig from "../../PoolConfig.ts"
+import * as PoolError from "../../PoolError.ts"
+import * as Tenant from "../../Tenant.ts"
 import { fail } from "./serving.ts"
-import type { Recorder } from "./telemetry.ts"
+import type { Recorder } from "../telemetry.ts"
 
 /** Lone surrogates: a string that is not well-formed UTF-16 cannot be one tenant's id. */
 const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/

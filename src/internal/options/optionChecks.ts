@@ -11,8 +11,8 @@
  * @internal
  */
 import * as Result from "effect/Result"
-import type { Options } from "../PoolConfig.ts"
-import { PoolConfigError } from "../PoolError.ts"
+import type { Options } from "../../PoolConfig.ts"
+import { PoolConfigError } from "../../PoolError.ts"
 import { specs, table, type Values } from "./options.ts"
 
 /**

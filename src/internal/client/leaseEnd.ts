@@ -8,12 +8,12 @@
  */
 import * as Effect from "effect/Effect"
 import { SqlError } from "effect/sql/SqlError"
-import * as PoolError from "../PoolError.ts"
+import * as PoolError from "../../PoolError.ts"
 import type { Lease } from "./lease.ts"
 import * as LeaseCycles from "./leaseCycles.ts"
-import * as Prologue from "./prologue.ts"
+import * as Prologue from "../postgres/prologue.ts"
 import { fail } from "./serving.ts"
-import * as Wire from "./wire.ts"
+import * as Wire from "../postgres/wire.ts"
 
 /**
  * A `COMMIT`'s answer as its caller sees it: one that found an aborted

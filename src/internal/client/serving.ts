@@ -9,17 +9,17 @@
  */
 import * as Effect from "effect/Effect"
 import type { SqlError } from "effect/sql/SqlError"
-import type * as PoolConfig from "../PoolConfig.ts"
-import * as PoolError from "../PoolError.ts"
-import * as Priority from "../Priority.ts"
-import type * as Tenant from "../Tenant.ts"
-import type { Engine } from "./engine.ts"
-import type { Entry } from "./entry.ts"
+import type * as PoolConfig from "../../PoolConfig.ts"
+import * as PoolError from "../../PoolError.ts"
+import * as Priority from "../../Priority.ts"
+import type * as Tenant from "../../Tenant.ts"
+import type { Engine } from "../engine/engine.ts"
+import type { Entry } from "../engine/entry.ts"
 import * as Observation from "./observation.ts"
-import type * as Prologue from "./prologue.ts"
-import type * as SqlText from "./sqlText.ts"
-import type { Recorder } from "./telemetry.ts"
-import type * as Wire from "./wire.ts"
+import type * as Prologue from "../postgres/prologue.ts"
+import type * as SqlText from "../postgres/sqlText.ts"
+import type { Recorder } from "../telemetry.ts"
+import type * as Wire from "../postgres/wire.ts"
 
 /** What every path of a statement uses of the pool. @internal */
 export interface Serving extends Observation.Observation {

@@ -16,7 +16,7 @@ import type * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
 import * as SchemaIssue from "effect/SchemaIssue"
-import type { DurationInput } from "../PoolConfig.ts"
+import type { DurationInput } from "../../PoolConfig.ts"
 import * as Durations from "./durations.ts"
 
 /**

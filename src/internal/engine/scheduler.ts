@@ -17,7 +17,7 @@
  *
  * @internal
  */
-import type { Level } from "../Priority.ts"
+import type { Level } from "../../Priority.ts"
 import { Link, LinkedQueue } from "./linkedQueue.ts"
 
 /** @internal */

@@ -14,12 +14,12 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import { SqlError } from "effect/sql/SqlError"
-import * as PoolError from "../PoolError.ts"
-import type * as Tenant from "../Tenant.ts"
-import type { Entry } from "./entry.ts"
-import * as Prologue from "./prologue.ts"
+import * as PoolError from "../../PoolError.ts"
+import type * as Tenant from "../../Tenant.ts"
+import type { Entry } from "../engine/entry.ts"
+import * as Prologue from "../postgres/prologue.ts"
 import { fail, type Serving, tenantOf } from "./serving.ts"
-import * as Wire from "./wire.ts"
+import * as Wire from "../postgres/wire.ts"
 
 /** What a shared cycle's prologue reported: values it could not confirm, or an earlier borrower's leftovers. */
 type Verdict = Partial<Prologue.Verdict>

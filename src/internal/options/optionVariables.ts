@@ -12,7 +12,7 @@ import * as Option from "effect/Option"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
 import * as SchemaIssue from "effect/SchemaIssue"
-import type { Options } from "../PoolConfig.ts"
+import type { Options } from "../../PoolConfig.ts"
 import { specs } from "./options.ts"
 
 type Attempt = Result.Result<Option.Option<unknown>, Config.ConfigError>

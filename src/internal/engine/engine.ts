@@ -31,7 +31,7 @@ import * as FiberSet from "effect/FiberSet"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type { SqlError } from "effect/sql/SqlError"
-import type * as PoolConfig from "../PoolConfig.ts"
+import type * as PoolConfig from "../../PoolConfig.ts"
 import {
   type DatabaseUnavailableError,
   PoolClosedError,
@@ -39,7 +39,7 @@ import {
   PoolSaturatedError,
   PoolTimeoutError,
   TenantQuotaExceededError
-} from "../PoolError.ts"
+} from "../../PoolError.ts"
 import type { Connector } from "./connector.ts"
 import type { Entry } from "./entry.ts"
 import * as Housekeeper from "./housekeeper.ts"
@@ -49,7 +49,7 @@ import { type Events, Meter } from "./meter.ts"
 import { PoolState, type Waiting } from "./poolState.ts"
 import type * as Scheduler from "./scheduler.ts"
 import type * as Sizing from "./sizing.ts"
-import { stackless } from "./stackless.ts"
+import { stackless } from "../stackless.ts"
 
 /**
  * What the engine reports as it happens, for logs and metrics.

@@ -9,7 +9,7 @@ import * as Config from "effect/Config"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import type { ConnectionOptions } from "node:tls"
-import type { SslMode } from "../PoolConfig.ts"
+import type { SslMode } from "../../PoolConfig.ts"
 import type { Kind } from "./optionKinds.ts"
 
 /** The modes, weakest first. */

@@ -7,7 +7,7 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
-import type * as PoolConfig from "../PoolConfig.ts"
+import type * as PoolConfig from "../../PoolConfig.ts"
 import type { Lifecycle } from "./lifecycle.ts"
 import type { PoolState, Waiting } from "./poolState.ts"
 

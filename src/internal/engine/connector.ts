@@ -2,7 +2,7 @@
  * The seam between the pool engine and a database driver: the engine asks a
  * connector for physical connections and for what a failed attempt means, and
  * never reads a driver's errors itself. The PostgreSQL connector is
- * ./pgConnector.ts; the test kit's memory database and the engine's unit tests
+ * ../postgres/pgConnector.ts; the test kit's memory database and the engine's unit tests
  * script their own.
  *
  * @internal

@@ -7,7 +7,7 @@
  *    closed), every statement through it fails with `ConnectionReleasedError`
  *    and nothing reaches the wire, whatever fiber sends it: a fiber forked
  *    inside a transaction that outlives it cannot reach the next borrower.
- * 2. Every transaction it starts begins with the prologue (./prologue.ts), in
+ * 2. Every transaction it starts begins with the prologue (../postgres/prologue.ts), in
  *    the same cycle: a lone statement's implicit transaction, the one a
  *    `BEGIN` opens, and one the server says started without it (after
  *    `COMMIT AND CHAIN`, `ROLLBACK TO SAVEPOINT`). Work whose prologue did not
@@ -42,16 +42,16 @@ import type * as Scope from "effect/Scope"
 import type * as Semaphore from "effect/Semaphore"
 import type { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
-import * as PoolError from "../PoolError.ts"
-import * as Tenant from "../Tenant.ts"
+import * as PoolError from "../../PoolError.ts"
+import * as Tenant from "../../Tenant.ts"
 import * as Connection from "./connection.ts"
-import type { Entry } from "./entry.ts"
+import type { Entry } from "../engine/entry.ts"
 import * as LeaseCycles from "./leaseCycles.ts"
 import * as LeaseEnd from "./leaseEnd.ts"
 import * as LeaseTransaction from "./leaseTransaction.ts"
 import { fail, type Serving, tenantOf } from "./serving.ts"
-import * as SqlText from "./sqlText.ts"
-import type * as Wire from "./wire.ts"
+import * as SqlText from "../postgres/sqlText.ts"
+import type * as Wire from "../postgres/wire.ts"
 
 /** A connection lent to one caller alone: its state, shared with the modules that keep its rules. @internal */
 export class Lease extends Connection.Base {

@@ -15,7 +15,7 @@
  *
  * @internal
  */
-import type { Options } from "../PoolConfig.ts"
+import type { Options } from "../../PoolConfig.ts"
 import * as Fairness from "./fairnessOptions.ts"
 import * as Kinds from "./optionKinds.ts"
 import * as Tenants from "./tenantOptions.ts"
