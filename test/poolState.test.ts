@@ -200,7 +200,7 @@ describe("Housekeeper", () => {
         state.lendToHousekeeper(entry)
         pinged.push(entry)
       }
-    }) as unknown as Lifecycle<number>
+    }) as unknown as Lifecycle<number, TestWaiter>
 
   it("reports a connection held past leakDetectionThreshold, and not one it took out to ping", () => {
     const leaks: Array<number> = []

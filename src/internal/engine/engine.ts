@@ -43,7 +43,7 @@ import {
 import type { Connector } from "./connector.ts"
 import type { Entry } from "./entry.ts"
 import * as Housekeeper from "./housekeeper.ts"
-import * as Lifecycle from "./lifecycle.ts"
+import { Lifecycle } from "./lifecycle.ts"
 import { Link } from "./linkedQueue.ts"
 import { type Events, Meter } from "./meter.ts"
 import { PoolState, type Waiting } from "./poolState.ts"
@@ -175,9 +175,17 @@ interface Waiter<C> extends Waiting {
   entry: Entry<C> | undefined
 }
 
+/** Where the engine runs its fibers: openings, probes and pings are interrupted at shutdown; closings are waited for. */
+interface Fibers {
+  readonly background: FiberSet.FiberSet<unknown, unknown>
+  readonly closings: FiberSet.FiberSet<unknown, unknown>
+  readonly fork: (effect: Effect.Effect<unknown>) => void
+  readonly forkClose: (effect: Effect.Effect<unknown>) => void
+}
+
 /**
  * Starts an engine: connects once to prove the database is there, then keeps
- * `min` connections open in the background.
+ * `min` connections open in the background; closing the scope drains it.
  *
  * @internal
  */
@@ -187,155 +195,93 @@ export const make = <C>(
 ): Effect.Effect<Engine<C>, DatabaseUnavailableError, Scope.Scope> =>
   Effect.gen(function*() {
     const clock = yield* Clock.Clock
-    const now = () => clock.currentTimeMillisUnsafe()
-    // Openings, probes and pings: shutdown interrupts them. Closings: shutdown waits for them.
     const background = yield* FiberSet.make()
-    const fork = yield* FiberSet.runtime(background)()
     const closings = yield* FiberSet.make()
-    const forkClose = yield* FiberSet.runtime(closings)()
-    const drained = Deferred.makeUnsafe<void>()
-    const events = options.events ?? {}
+    const forkBackground = yield* FiberSet.runtime(background)()
+    const forkClosing = yield* FiberSet.runtime(closings)()
+    const fibers: Fibers = {
+      background,
+      closings,
+      fork: (effect) => void forkBackground(effect),
+      forkClose: (effect) => void forkClosing(effect)
+    }
+    const engine = new PoolEngine(connector, options, () => clock.currentTimeMillisUnsafe(), fibers)
+    // Added after the fiber sets, so it runs before they interrupt what is left.
+    yield* Effect.addFinalizer(() => engine.shutdown)
+    yield* engine.start
+    return engine
+  })
 
-    // Resuming a waiter runs its fiber; doing that on a fresh stack keeps a
-    // chain of hand-offs from nesting one fiber inside another.
-    const settle = (waiter: Waiter<C>, effect: Effect.Effect<Entry<C>, PoolError>): void =>
-      queueMicrotask(() => waiter.resume(effect))
+/** The engine: the callers' side of the pool, over its state and its connections' lifecycle. */
+class PoolEngine<C> implements Engine<C> {
+  private readonly state: PoolState<C, Waiter<C>>
+  private readonly lifecycle: Lifecycle<C, Waiter<C>>
+  private readonly options: EngineOptions
+  private readonly events: EngineEvents
+  private readonly now: () => number
+  private readonly fibers: Fibers
+  private readonly drained = Deferred.makeUnsafe<void>()
+  private sweeping = false
 
-    const state: PoolState<C, Waiter<C>> = new PoolState(options, new Meter(now, events), {
+  constructor(connector: Connector<C>, options: EngineOptions, now: () => number, fibers: Fibers) {
+    this.options = options
+    this.events = options.events ?? {}
+    this.now = now
+    this.fibers = fibers
+    this.state = new PoolState(options, new Meter(now, this.events), {
       served: (waiter, entry) => {
         waiter.entry = entry
-        settle(waiter, Effect.succeed(entry))
+        this.settle(waiter, Effect.succeed(entry))
       },
-      removed: (entry) => {
-        lifecycle.close(entry)
-        if (!state.closed) lifecycle.fill()
-        else if (state.entries.size === 0) Deferred.doneUnsafe(drained, Effect.void)
-      }
+      removed: (entry) => this.removed(entry)
     }, now)
-
-    const failWaiters = (error: PoolError): void => {
-      for (const waiter of state.leaveAll()) settle(waiter, Effect.fail(error))
-    }
-
-    const lifecycle = Lifecycle.make(state, connector, { ...options, random: options.random ?? Math.random }, {
-      fork: (effect) => void fork(effect),
-      forkClose: (effect) => void forkClose(effect),
-      failWaiters,
+    this.lifecycle = new Lifecycle(this.state, connector, { ...options, random: options.random ?? Math.random }, {
+      fork: fibers.fork,
+      forkClose: fibers.forkClose,
+      failWaiters: (error) => this.failWaiters(error),
       now
     })
+  }
 
-    /** Rule 5 for timeouts: one fiber sleeps until the oldest waiter's deadline. */
-    let timeoutSweepRunning = false
-    const sweepTimeouts: Effect.Effect<void> = Effect.suspend(() => {
-      const head = state.waiters.peek()
-      if (head === undefined) {
-        timeoutSweepRunning = false
-        return Effect.void
+  /** The first connection, then `min` in the background, and the housekeeper. */
+  get start(): Effect.Effect<void, DatabaseUnavailableError> {
+    return Effect.map(this.lifecycle.start, () => {
+      this.fibers.fork(Housekeeper.run(this.state, this.lifecycle, this.options, this.now))
+    })
+  }
+
+  readonly acquire = (request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
+    Effect.suspend(() => {
+      if (this.state.closed) return Effect.fail(new PoolClosedError())
+      const at = this.now()
+      const entry = this.state.take(request)
+      if (entry !== undefined) {
+        // Only a connection just taken from the idle stack may be stale: a share of a busy one is in use.
+        const fromIdle = entry.state === "used" || entry.borrowers === 1
+        return fromIdle && this.state.isStale(entry, at) ? this.validated(entry, request) : Effect.succeed(entry)
       }
-      const at = now()
-      if (head.deadline > at) return Effect.andThen(Effect.sleep(head.deadline - at), sweepTimeouts)
-      state.leave(head)
-      events.rejected?.("timeout", head.request.tenant)
-      settle(head, Effect.fail(timedOut(head, at)))
-      return sweepTimeouts
+      const refused = this.refusal(request)
+      if (refused !== undefined) return Effect.fail(refused)
+      return Effect.withSpan(this.wait(request), "db.client.connection.wait", {
+        // The call site is always this line: a stack trace per wait would only cost CPU.
+        captureStackTrace: false,
+        kind: "internal",
+        attributes: {
+          "db.client.connection.pool.name": this.options.name,
+          "meshhook.pool.queue_position": this.state.waiters.size + 1
+        }
+      })
     })
 
-    const timedOut = (waiter: Waiter<C>, at: number) =>
-      new PoolTimeoutError({
-        waitedMillis: at - waiter.enqueuedAt,
-        poolSize: state.entries.size,
-        maxSize: options.max,
-        queueLength: state.waiters.size,
-        lastConnectError: lifecycle.lastConnectError()
-      })
+  readonly shareNow = (tenant: string): Entry<C> | undefined => this.state.shareNow(tenant)
+  readonly release = (entry: Entry<C>): void => this.state.release(entry)
+  readonly handOff = (entry: Entry<C>): boolean => this.state.handOff(entry)
+  readonly invalidate = (entry: Entry<C>): void => this.state.invalidate(entry)
+  readonly abandon = (entry: Entry<C>): void => this.state.abandon(entry)
 
-    const wait = (request: Scheduler.Request) =>
-      Effect.callback<Entry<C>, PoolError>((resume) => {
-        const at = now()
-        const waiter: Waiter<C> = {
-          request,
-          arrival: new Link(),
-          inLane: new Link(),
-          resume,
-          enqueuedAt: at,
-          deadline: at + options.acquireTimeout,
-          entry: undefined
-        }
-        state.enqueue(waiter)
-        if (!timeoutSweepRunning) {
-          timeoutSweepRunning = true
-          fork(sweepTimeouts)
-        }
-        lifecycle.fill()
-        return Effect.sync(() => {
-          // Interrupted: leave the line, or give back what was already handed over.
-          if (state.leave(waiter)) return
-          const entry = waiter.entry
-          waiter.entry = undefined
-          if (entry !== undefined) state.release(entry)
-        })
-      })
-
-    /**
-     * Proves a connection that sat idle too long before lending it; a dead one
-     * (its proof failed or took longer than `validationTimeout`) is closed and
-     * the caller waits once more, as a newcomer: at most `validationTimeout`
-     * plus `acquireTimeout` in all. Only the proof's failure leads there, never
-     * that second wait's own.
-     */
-    const validated = (entry: Entry<C>, request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
-      lifecycle.prove(entry).pipe(
-        Effect.onInterrupt(() => Effect.sync(() => state.invalidate(entry))),
-        Effect.flatMap((alive) => {
-          if (alive) return Effect.succeed(entry)
-          state.invalidate(entry)
-          return acquire(request)
-        })
-      )
-
-    /** Why a caller may not join the line, if it may not: the circuit, `maxWaiting`, its tenant's quota. */
-    const refusal = (request: Scheduler.Request): PoolError | undefined => {
-      if (lifecycle.circuit.isOpen) {
-        events.rejected?.("circuit_open", request.tenant)
-        return lifecycle.circuitOpenError()
-      }
-      if (state.waiters.size >= options.maxWaiting) {
-        events.rejected?.("saturated", request.tenant)
-        return stackless(() => new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: state.entries.size }))
-      }
-      if (request.tenant === "" || state.queued(request.tenant) < options.tenantMaxQueued) return undefined
-      events.rejected?.("tenant_quota", request.tenant)
-      return new TenantQuotaExceededError({
-        limit: "tenantMaxQueued",
-        max: options.tenantMaxQueued,
-        tenant: options.tenantName?.(request.tenant) ?? request.tenant
-      })
-    }
-
-    const acquire = (request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> =>
-      Effect.suspend(() => {
-        if (state.closed) return Effect.fail(new PoolClosedError())
-        const at = now()
-        const entry = state.take(request)
-        if (entry !== undefined) {
-          // Only a connection just taken from the idle stack may be stale: a share of a busy one is in use.
-          const fromIdle = entry.state === "used" || entry.borrowers === 1
-          return fromIdle && state.isStale(entry, at) ? validated(entry, request) : Effect.succeed(entry)
-        }
-        const refused = refusal(request)
-        if (refused !== undefined) return Effect.fail(refused)
-        return Effect.withSpan(wait(request), "db.client.connection.wait", {
-          // The call site is always this line: a stack trace per wait would only cost CPU.
-          captureStackTrace: false,
-          kind: "internal",
-          attributes: {
-            "db.client.connection.pool.name": options.name,
-            "meshhook.pool.queue_position": state.waiters.size + 1
-          }
-        })
-      })
-
-    const stats = (): Stats => ({
+  readonly stats = (): Stats => {
+    const { state, options } = this
+    return {
       total: state.entries.size,
       idle: state.idle.length,
       used: state.used,
@@ -344,40 +290,145 @@ export const make = <C>(
       min: options.min,
       max: options.max,
       limit: state.limit,
-      circuit: lifecycle.circuit.state,
+      circuit: this.lifecycle.circuit.state,
       checkouts: state.meter.checkouts,
       checkoutWaitMillis: state.meter.checkoutWaitMillis
-    })
+    }
+  }
 
-    const shutdown = Effect.gen(function*() {
-      if (state.closed) return
-      state.closed = true
-      failWaiters(new PoolClosedError())
-      yield* FiberSet.clear(background)
+  readonly sample = (): Sizing.Sample =>
+    this.state.meter.sample({ open: this.state.entries.size, used: this.state.used, pending: this.state.waiters.size })
+
+  readonly setLimit = (to: number): void => {
+    this.state.setLimit(to)
+    this.lifecycle.fill()
+  }
+
+  readonly shutdown: Effect.Effect<void> = Effect.suspend(() => {
+    const { state, fibers, drained, options } = this
+    if (state.closed) return Effect.void
+    state.closed = true
+    this.failWaiters(new PoolClosedError())
+    return Effect.gen(function*() {
+      yield* FiberSet.clear(fibers.background)
       for (const entry of state.idle.slice()) state.remove(entry)
       if (state.entries.size > 0) {
         yield* Effect.timeoutOption(Deferred.await(drained), options.shutdownTimeout)
         for (const entry of Array.from(state.entries)) state.remove(entry)
       }
-      yield* FiberSet.awaitEmpty(closings)
+      yield* FiberSet.awaitEmpty(fibers.closings)
     })
-
-    yield* Effect.addFinalizer(() => shutdown)
-    yield* lifecycle.start
-    fork(Housekeeper.run(state, lifecycle, options, now))
-    return {
-      acquire,
-      shareNow: (tenant) => state.shareNow(tenant),
-      release: (entry) => state.release(entry),
-      handOff: (entry) => state.handOff(entry),
-      invalidate: (entry) => state.invalidate(entry),
-      abandon: (entry) => state.abandon(entry),
-      stats,
-      sample: () => state.meter.sample({ open: state.entries.size, used: state.used, pending: state.waiters.size }),
-      setLimit: (to) => {
-        state.setLimit(to)
-        lifecycle.fill()
-      },
-      shutdown
-    } satisfies Engine<C>
   })
+
+  /** A connection left the pool: close it, and refill, or count the drain. */
+  private removed(entry: Entry<C>): void {
+    this.lifecycle.close(entry)
+    if (!this.state.closed) this.lifecycle.fill()
+    else if (this.state.entries.size === 0) Deferred.doneUnsafe(this.drained, Effect.void)
+  }
+
+  /**
+   * Resumes a waiter's fiber. On a fresh stack: a chain of hand-offs must not
+   * nest one fiber inside another.
+   */
+  private settle(waiter: Waiter<C>, effect: Effect.Effect<Entry<C>, PoolError>): void {
+    queueMicrotask(() => waiter.resume(effect))
+  }
+
+  private failWaiters(error: PoolError): void {
+    for (const waiter of this.state.leaveAll()) this.settle(waiter, Effect.fail(error))
+  }
+
+  private wait(request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> {
+    return Effect.callback<Entry<C>, PoolError>((resume) => {
+      const at = this.now()
+      const waiter: Waiter<C> = {
+        request,
+        arrival: new Link(),
+        inLane: new Link(),
+        resume,
+        enqueuedAt: at,
+        deadline: at + this.options.acquireTimeout,
+        entry: undefined
+      }
+      this.state.enqueue(waiter)
+      if (!this.sweeping) {
+        this.sweeping = true
+        this.fibers.fork(this.sweepTimeouts)
+      }
+      this.lifecycle.fill()
+      return Effect.sync(() => this.interrupted(waiter))
+    })
+  }
+
+  /** Rule 5 for an interrupted waiter: it leaves the line, or gives back what was already handed over. */
+  private interrupted(waiter: Waiter<C>): void {
+    if (this.state.leave(waiter)) return
+    const entry = waiter.entry
+    waiter.entry = undefined
+    if (entry !== undefined) this.state.release(entry)
+  }
+
+  /** Rule 5 for timeouts: one fiber sleeps until the oldest waiter's deadline. */
+  private readonly sweepTimeouts: Effect.Effect<void> = Effect.suspend(() => {
+    const head = this.state.waiters.peek()
+    if (head === undefined) {
+      this.sweeping = false
+      return Effect.void
+    }
+    const at = this.now()
+    if (head.deadline > at) return Effect.andThen(Effect.sleep(head.deadline - at), this.sweepTimeouts)
+    this.state.leave(head)
+    this.events.rejected?.("timeout", head.request.tenant)
+    this.settle(head, Effect.fail(this.timedOut(head, at)))
+    return this.sweepTimeouts
+  })
+
+  private timedOut(waiter: Waiter<C>, at: number): PoolTimeoutError {
+    return new PoolTimeoutError({
+      waitedMillis: at - waiter.enqueuedAt,
+      poolSize: this.state.entries.size,
+      maxSize: this.options.max,
+      queueLength: this.state.waiters.size,
+      lastConnectError: this.lifecycle.lastConnectError
+    })
+  }
+
+  /**
+   * Proves a connection that sat idle too long before lending it; a dead one
+   * (its proof failed or took longer than `validationTimeout`) is closed and
+   * the caller waits once more, as a newcomer: at most `validationTimeout`
+   * plus `acquireTimeout` in all. Only the proof's failure leads there, never
+   * that second wait's own.
+   */
+  private validated(entry: Entry<C>, request: Scheduler.Request): Effect.Effect<Entry<C>, PoolError> {
+    return this.lifecycle.prove(entry).pipe(
+      Effect.onInterrupt(() => Effect.sync(() => this.state.invalidate(entry))),
+      Effect.flatMap((alive) => {
+        if (alive) return Effect.succeed(entry)
+        this.state.invalidate(entry)
+        return this.acquire(request)
+      })
+    )
+  }
+
+  /** Why a caller may not join the line, if it may not: the circuit, `maxWaiting`, its tenant's quota. */
+  private refusal(request: Scheduler.Request): PoolError | undefined {
+    const { events, options, state } = this
+    if (this.lifecycle.circuit.isOpen) {
+      events.rejected?.("circuit_open", request.tenant)
+      return this.lifecycle.circuitOpenError()
+    }
+    if (state.waiters.size >= options.maxWaiting) {
+      events.rejected?.("saturated", request.tenant)
+      return stackless(() => new PoolSaturatedError({ maxWaiting: options.maxWaiting, poolSize: state.entries.size }))
+    }
+    if (request.tenant === "" || state.queued(request.tenant) < options.tenantMaxQueued) return undefined
+    events.rejected?.("tenant_quota", request.tenant)
+    return new TenantQuotaExceededError({
+      limit: "tenantMaxQueued",
+      max: options.tenantMaxQueued,
+      tenant: options.tenantName?.(request.tenant) ?? request.tenant
+    })
+  }
+}

@@ -17,7 +17,7 @@ export type Options = Pick<PoolConfig.Resolved, "min" | "idleTimeout" | "leakDet
 /** One round, at `at`. @internal */
 export const round = <C, W extends Waiting>(
   state: PoolState<C, W>,
-  lifecycle: Lifecycle<C>,
+  lifecycle: Lifecycle<C, W>,
   options: Options,
   at: number
 ): void => {
@@ -41,7 +41,7 @@ export const round = <C, W extends Waiting>(
 /** Runs a round every `housekeepingInterval`, forever. @internal */
 export const run = <C, W extends Waiting>(
   state: PoolState<C, W>,
-  lifecycle: Lifecycle<C>,
+  lifecycle: Lifecycle<C, W>,
   options: Options,
   now: () => number
 ): Effect.Effect<never> =>

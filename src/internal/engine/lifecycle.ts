@@ -62,202 +62,216 @@ export interface Driver {
 }
 
 /**
- * The lifecycle of a pool's connections.
+ * The lifecycle of a pool's connections. Its methods are bound: the engine
+ * passes some of them on as callbacks.
  *
  * @internal
  */
-export interface Lifecycle<C> {
-  /** Rule 4: starts the openings the waiters or `min` want. */
-  readonly fill: () => void
-  /** Closes the physical connection of an entry the state removed: after what it carries, or cancelling it. */
-  readonly close: (entry: Entry<C>) => void
-  /** A cheap round trip within `validationTimeout`: whether the connection answered. */
-  readonly prove: (entry: Entry<C>) => Effect.Effect<boolean>
-  /** Pings an idle connection taken out of the idle stack: it comes back if it answers, else closes. */
-  readonly keepAlive: (entry: Entry<C>) => void
-  /** Opens the first connection, proving the database is there; after it, failures may open the circuit. */
-  readonly start: Effect.Effect<void, DatabaseUnavailableError>
+export class Lifecycle<C, W extends Waiting> {
   /** Whether the database looks reachable; while it is open, callers who would wait fail fast. */
   readonly circuit: Circuit
-  /** The error for a caller who would wait for a connection while the circuit is open. */
-  readonly circuitOpenError: () => DatabaseUnavailableError
   /** The last failed attempt's reason, for timeouts' errors. */
-  readonly lastConnectError: () => string | undefined
-}
+  lastConnectError: string | undefined = undefined
+  private attempts = 0
+  /** Set once the first connection is in: from then on failures may open the circuit. */
+  private started = false
+  private readonly state: PoolState<C, W>
+  private readonly connector: Connector<C>
+  private readonly options: Options
+  private readonly driver: Driver
 
-/** @internal */
-export const make = <C, W extends Waiting>(
-  state: PoolState<C, W>,
-  connector: Connector<C>,
-  options: Options,
-  driver: Driver
-): Lifecycle<C> => {
-  const { now } = driver
-  const events = state.meter.events
-  const circuit = new Circuit(options.circuitBreakerThreshold)
-  let started = false
-  let attempts = 0
-  let lastConnectError: string | undefined
-
-  const fill = (): void => {
-    if (circuit.isOpen) return
-    for (let n = state.openings(options.maxConnecting); n > 0; n--) driver.fork(create)
+  constructor(state: PoolState<C, W>, connector: Connector<C>, options: Options, driver: Driver) {
+    this.state = state
+    this.connector = connector
+    this.options = options
+    this.driver = driver
+    this.circuit = new Circuit(options.circuitBreakerThreshold)
   }
 
-  const unavailable = (reason: string, cause?: SqlError) =>
-    new DatabaseUnavailableError(cause === undefined ? { reason, attempts } : { reason, attempts, cause })
-
-  /** Counts a failed attempt; a running pool may open its circuit on it. */
-  const attemptFailed = (error: SqlError): void => {
-    attempts++
-    const failure = connector.classify(error)
-    lastConnectError = failure.reason
-    if (failure.outOfSlots) state.meter.outOfSlots()
-    // Start-up has its own deadline; the circuit guards a running pool.
-    if (started && circuit.failed(state.entries.size, now())) openCircuit()
+  /** Rule 4: starts the openings the waiters or `min` want. */
+  readonly fill = (): void => {
+    if (this.circuit.isOpen) return
+    for (let n = this.state.openings(this.options.maxConnecting); n > 0; n--) this.driver.fork(this.create)
   }
 
-  /** One connection attempt, its connection owned by a scope of its own. */
-  const connectOnce: Effect.Effect<readonly [C, Scope.Closeable], SqlError> = Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(Scope.make(), (scope) => {
-      const attemptedAt = now()
-      return restore(Scope.provide(connector.connect, scope)).pipe(
-        Effect.map((connection) => [connection, scope] as const),
-        Effect.onError((cause) => Scope.close(scope, Exit.failCause(cause))),
-        Effect.tapError((error) => Effect.sync(() => attemptFailed(error))),
-        Effect.tap(() =>
-          Effect.sync(() => {
-            events.created?.(now() - attemptedAt)
-            if (circuit.succeeded()) events.circuitClosed?.(now() - circuit.openedAt)
-          })
-        )
-      )
-    })
-  )
-
-  /** A new connection's entry, with its lifetime and keepalive jittered so that peers do not expire together. */
-  const admit = ([connection, scope]: readonly [C, Scope.Closeable]): void => {
-    const createdAt = now()
-    const expiresAt = expiryFor(createdAt, options.maxLifetime, options.maxLifetimeJitter, options.random)
-    const entry = new Entry(connection, scope, createdAt, expiresAt)
-    // Up to a tenth earlier, so that connections opened together are not all pinged together.
-    if (options.keepaliveInterval !== Infinity) entry.keepaliveAfter = options.keepaliveInterval * (1 - 0.1 * options.random())
-    connector.onRetire(connection, () => retire(entry))
-    state.admit(entry)
-  }
-
-  /** Rule 6, from the driver: an idle connection goes now, a lent one on return. */
-  const retire = (entry: Entry<C>): void => {
-    if (entry.state === "idle") state.remove(entry)
-    else if (entry.state !== "closed") entry.broken = true
-  }
-
-  /** A connection opened when the pool no longer wants it (closed, or full after the circuit's probe). */
-  const discard = (scope: Scope.Closeable): void => driver.forkClose(Scope.close(scope, Exit.void))
-
-  /**
-   * The database looks unreachable: callers waiting for a new connection
-   * fail now, and one probe tries on until a connection succeeds.
-   */
-  const openCircuit = (): void => {
-    const reason = `the database is unreachable (circuit open after ${circuit.failures} failed connection attempts` +
-      (lastConnectError === undefined ? ")" : `; last: ${lastConnectError})`)
-    events.circuitOpened?.(reason)
-    driver.failWaiters(unavailable(reason))
-    driver.fork(probe)
-  }
-
-  const probe: Effect.Effect<void> = connectOnce.pipe(
-    Effect.retry({ schedule: options.probeRetry, while: () => !state.closed }),
-    Effect.matchEffect({
-      onFailure: () => Effect.void,
-      onSuccess: (opened) =>
-        Effect.sync(() => {
-          // An opening that was already under way when the circuit opened may have filled the limit.
-          if (state.closed || state.entries.size + state.creating >= state.limit) return discard(opened[1])
-          admit(opened)
-          fill()
-        })
-    })
-  )
-
-  /**
-   * One background opening. It retries while it is still wanted; a failure
-   * that waiting will not cure fails the current waiters at once, though the
-   * retries go on if `min` still wants a connection.
-   */
-  const create: Effect.Effect<void> = Effect.uninterruptibleMask((restore) =>
-    restore(connectOnce.pipe(
-      Effect.tapError((error) => {
-        const failure = connector.classify(error)
-        return failure.fatal ? Effect.sync(() => driver.failWaiters(unavailable(failure.reason, error))) : Effect.void
-      }),
-      Effect.retry({ schedule: options.connectRetry, while: () => !circuit.isOpen && state.stillWanted() })
-    )).pipe(
-      Effect.onExit((exit) =>
-        Effect.sync(() => {
-          state.creating--
-          if (Exit.isSuccess(exit)) {
-            if (state.closed) return discard(exit.value[1])
-            admit(exit.value)
-          }
-          fill()
-        })
-      ),
-      Effect.ignore
-    )
-  )
-
-  const close = (entry: Entry<C>): void => {
+  /** Closes the physical connection of an entry the state removed: after what it carries, or cancelling it. */
+  readonly close = (entry: Entry<C>): void => {
     const closed = Scope.close(entry.scope, Exit.void)
-    if (entry.abandoned) return driver.forkClose(Effect.andThen(connector.cancel(entry.connection), closed))
+    if (entry.abandoned) return this.driver.forkClose(Effect.andThen(this.connector.cancel(entry.connection), closed))
     // A healthy connection finishes what it carries (a COMMIT handed on), within validationTimeout.
-    driver.forkClose(
-      connector.settled === undefined || entry.broken
+    const settled = this.connector.settled
+    this.driver.forkClose(
+      settled === undefined || entry.broken
         ? closed
-        : Effect.andThen(Effect.timeoutOption(connector.settled(entry.connection), options.validationTimeout), closed)
+        : Effect.andThen(Effect.timeoutOption(settled(entry.connection), this.options.validationTimeout), closed)
     )
   }
 
-  const prove = (entry: Entry<C>): Effect.Effect<boolean> =>
-    connector.validate(entry.connection).pipe(
-      Effect.timeoutOption(options.validationTimeout),
+  /** A cheap round trip within `validationTimeout`: whether the connection answered. */
+  prove(entry: Entry<C>): Effect.Effect<boolean> {
+    return this.connector.validate(entry.connection).pipe(
+      Effect.timeoutOption(this.options.validationTimeout),
       Effect.map((answered) => answered._tag === "Some"),
       Effect.catch(() => Effect.succeed(false))
     )
+  }
 
-  const keepAlive = (entry: Entry<C>): void => {
+  /** Pings an idle connection taken out of the idle stack: it comes back if it answers, else closes. */
+  keepAlive(entry: Entry<C>): void {
+    const state = this.state
     state.lendToHousekeeper(entry)
-    driver.fork(prove(entry).pipe(
+    this.driver.fork(this.prove(entry).pipe(
       Effect.flatMap((alive) =>
-        Effect.sync(() => alive && !state.closed && !state.isSpent(entry, now()) ? state.offer(entry) : state.remove(entry))
+        Effect.sync(() =>
+          alive && !state.closed && !state.isSpent(entry, this.driver.now()) ? state.offer(entry) : state.remove(entry)
+        )
       ),
       // Shutdown interrupts the ping: the connection must still close, or the drain waits for it.
       Effect.onInterrupt(() => Effect.sync(() => state.remove(entry)))
     ))
   }
 
-  // Retry for `initializationTimeout`, but give up at once on what waiting won't cure.
-  const start = connectOnce.pipe(
-    Effect.retry({ schedule: options.connectRetry, while: (error) => !connector.classify(error).fatal }),
-    Effect.mapError((error) => unavailable(connector.classify(error).reason, error)),
-    Effect.timeoutOrElse({
-      duration: options.initializationTimeout,
-      orElse: () =>
-        Effect.fail(unavailable(
-          `no connection within initializationTimeout (${options.initializationTimeout} ms)` +
-            (lastConnectError === undefined ? "" : `; last attempt: ${lastConnectError}`)
-        ))
-    }),
-    Effect.map((first) => {
-      admit(first)
-      started = true
-      fill()
-    })
+  /**
+   * Opens the first connection, proving the database is there: retried for
+   * `initializationTimeout`, but given up at once on what waiting won't cure.
+   */
+  get start(): Effect.Effect<void, DatabaseUnavailableError> {
+    const { connectRetry, initializationTimeout } = this.options
+    return this.connectOnce.pipe(
+      Effect.retry({ schedule: connectRetry, while: (error) => !this.connector.classify(error).fatal }),
+      Effect.mapError((error) => this.unavailable(this.connector.classify(error).reason, error)),
+      Effect.timeoutOrElse({
+        duration: initializationTimeout,
+        orElse: () =>
+          Effect.fail(this.unavailable(
+            `no connection within initializationTimeout (${initializationTimeout} ms)` +
+              (this.lastConnectError === undefined ? "" : `; last attempt: ${this.lastConnectError}`)
+          ))
+      }),
+      Effect.map((first) => {
+        this.admit(first)
+        this.started = true
+        this.fill()
+      })
+    )
+  }
+
+  /** The error for a caller who would wait for a connection while the circuit is open. */
+  circuitOpenError(): DatabaseUnavailableError {
+    const last = this.lastConnectError === undefined ? "" : `; last: ${this.lastConnectError}`
+    return this.unavailable(`the database is unreachable (circuit open)${last}`)
+  }
+
+  private unavailable(reason: string, cause?: SqlError): DatabaseUnavailableError {
+    const attempts = this.attempts
+    return new DatabaseUnavailableError(cause === undefined ? { reason, attempts } : { reason, attempts, cause })
+  }
+
+  /** One connection attempt, its connection owned by a scope of its own. */
+  private readonly connectOnce: Effect.Effect<readonly [C, Scope.Closeable], SqlError> = Effect.uninterruptibleMask(
+    (restore) =>
+      Effect.flatMap(Scope.make(), (scope) => {
+        const attemptedAt = this.driver.now()
+        return restore(Scope.provide(this.connector.connect, scope)).pipe(
+          Effect.map((connection) => [connection, scope] as const),
+          Effect.onError((cause) => Scope.close(scope, Exit.failCause(cause))),
+          Effect.tapError((error) => Effect.sync(() => this.attemptFailed(error))),
+          Effect.tap(() => Effect.sync(() => this.attemptSucceeded(attemptedAt)))
+        )
+      })
   )
 
-  const circuitOpenError = () =>
-    unavailable(`the database is unreachable (circuit open)${lastConnectError === undefined ? "" : `; last: ${lastConnectError}`}`)
+  /** Counts a failed attempt; a running pool may open its circuit on it. */
+  private attemptFailed(error: SqlError): void {
+    this.attempts++
+    const failure = this.connector.classify(error)
+    this.lastConnectError = failure.reason
+    if (failure.outOfSlots) this.state.meter.outOfSlots()
+    // Start-up has its own deadline; the circuit guards a running pool.
+    if (this.started && this.circuit.failed(this.state.entries.size, this.driver.now())) this.openCircuit()
+  }
 
-  return { fill, close, prove, keepAlive, start, circuit, circuitOpenError, lastConnectError: () => lastConnectError }
+  private attemptSucceeded(attemptedAt: number): void {
+    const events = this.state.meter.events
+    events.created?.(this.driver.now() - attemptedAt)
+    if (this.circuit.succeeded()) events.circuitClosed?.(this.driver.now() - this.circuit.openedAt)
+  }
+
+  /** A new connection's entry, with its lifetime and keepalive jittered so that peers do not expire together. */
+  private admit([connection, scope]: readonly [C, Scope.Closeable]): void {
+    const { maxLifetime, maxLifetimeJitter, keepaliveInterval, random } = this.options
+    const createdAt = this.driver.now()
+    const entry = new Entry(connection, scope, createdAt, expiryFor(createdAt, maxLifetime, maxLifetimeJitter, random))
+    // Up to a tenth earlier, so that connections opened together are not all pinged together.
+    if (keepaliveInterval !== Infinity) entry.keepaliveAfter = keepaliveInterval * (1 - 0.1 * random())
+    this.connector.onRetire(connection, () => this.retire(entry))
+    this.state.admit(entry)
+  }
+
+  /** Rule 6, from the driver: an idle connection goes now, a lent one on return. */
+  private retire(entry: Entry<C>): void {
+    if (entry.state === "idle") this.state.remove(entry)
+    else if (entry.state !== "closed") entry.broken = true
+  }
+
+  /** A connection opened when the pool no longer wants it (closed, or full after the circuit's probe). */
+  private discard(scope: Scope.Closeable): void {
+    this.driver.forkClose(Scope.close(scope, Exit.void))
+  }
+
+  /**
+   * The database looks unreachable: callers waiting for a new connection
+   * fail now, and one probe tries on until a connection succeeds.
+   */
+  private openCircuit(): void {
+    const last = this.lastConnectError === undefined ? ")" : `; last: ${this.lastConnectError})`
+    const reason = `the database is unreachable (circuit open after ${this.circuit.failures} failed connection attempts${last}`
+    this.state.meter.events.circuitOpened?.(reason)
+    this.driver.failWaiters(this.unavailable(reason))
+    this.driver.fork(this.probe)
+  }
+
+  private readonly probe: Effect.Effect<void> = Effect.suspend(() =>
+    this.connectOnce.pipe(
+      Effect.retry({ schedule: this.options.probeRetry, while: () => !this.state.closed }),
+      Effect.matchEffect({ onFailure: () => Effect.void, onSuccess: (opened) => Effect.sync(() => this.probed(opened)) })
+    )
+  )
+
+  private probed(opened: readonly [C, Scope.Closeable]): void {
+    const state = this.state
+    // An opening that was already under way when the circuit opened may have filled the limit.
+    if (state.closed || state.entries.size + state.creating >= state.limit) return this.discard(opened[1])
+    this.admit(opened)
+    this.fill()
+  }
+
+  /**
+   * One background opening. It retries while it is still wanted; a failure
+   * that waiting will not cure fails the current waiters at once, though the
+   * retries go on if `min` still wants a connection.
+   */
+  private readonly create: Effect.Effect<void> = Effect.uninterruptibleMask((restore) =>
+    restore(this.connectOnce.pipe(
+      Effect.tapError((error) => Effect.sync(() => this.failFastOn(error))),
+      Effect.retry({ schedule: this.options.connectRetry, while: () => !this.circuit.isOpen && this.state.stillWanted() })
+    )).pipe(
+      Effect.onExit((exit) => Effect.sync(() => this.opened(exit))),
+      Effect.ignore
+    )
+  )
+
+  private failFastOn(error: SqlError): void {
+    const failure = this.connector.classify(error)
+    if (failure.fatal) this.driver.failWaiters(this.unavailable(failure.reason, error))
+  }
+
+  private opened(exit: Exit.Exit<readonly [C, Scope.Closeable], SqlError>): void {
+    this.state.creating--
+    if (Exit.isSuccess(exit)) {
+      if (this.state.closed) return this.discard(exit.value[1])
+      this.admit(exit.value)
+    }
+    this.fill()
+  }
 }
