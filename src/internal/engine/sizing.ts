@@ -119,187 +119,217 @@ interface Trial {
 const percent = (x: number) => `${Math.round(x * 100)}%`
 
 /** @internal */
-export const make = (settings: Settings): Controller => {
-  const { min, max } = settings
-  const dropTolerance = settings.dropTolerance ?? 0.05
-  const latencyTolerance = settings.latencyTolerance ?? 0.25
-  const gainThreshold = settings.gainThreshold ?? 0.1
-  const holdIntervals = settings.holdIntervals ?? 10
+export const make = (settings: Settings): Controller => new Limiter(settings)
 
-  let limit = max
-  let interval = 0
-  let holdUntil = 0
-  let trial: Trial | undefined
+/** What the controller learns of the workload as it goes. */
+class Limiter implements Controller {
+  private readonly min: number
+  private readonly max: number
+  private readonly dropTolerance: number
+  private readonly latencyTolerance: number
+  private readonly gainThreshold: number
+  private readonly holdIntervals: number
+  private current: number
+  private interval = 0
+  private holdUntil = 0
+  private trial: Trial | undefined = undefined
   /** The fastest mean checkout seen: the no-load baseline. It forgets slowly, as workloads change. */
-  let baseline = Infinity
+  private baseline = Infinity
   /** Whether the last interval was busy: the first busy one after a quiet spell is only half a measure. */
-  let wasBusy = false
-  /** Throughput of the last busy intervals outside trials, per second, and callers' wait plus checkout then. */
-  const recentRates: Array<number> = []
-  let response = 0
+  private wasBusy = false
+  /** Throughput of the last busy intervals outside trials, per second. */
+  private readonly recentRates: Array<number> = []
+  /** Callers' wait plus checkout over those intervals (smoothed), in ms. */
+  private response = 0
   /** The bar a descent's steps must hold: where it began, then the best a step of it has held. */
-  let descentReference = 0
+  private descentReference = 0
   /** Trials failed in a row: the hold after the next failure is longer. */
-  let failedInARow = 0
+  private failedInARow = 0
   /** Trials kept in a row, in the current direction: the next may go further. */
-  let downStreak = 0
-  let upStreak = 0
-  let direction: "down" | "up" = "down"
+  private downStreak = 0
+  private upStreak = 0
+  private direction: "down" | "up" = "down"
   /** Relative standard deviation of one busy interval's throughput at a steady limit. */
-  let noise = 0
+  private noise = 0
   /** Throughput of the last busy interval, if the limit has not changed since and it was a full measure. */
-  let lastSteadyRate: number | undefined
+  private lastSteadyRate: number | undefined = undefined
 
-  /** A tolerance, widened so that a trial is not judged on noise. */
-  const beyondNoise = (tolerance: number) => Math.max(tolerance, Math.min(maxNoiseTolerance, 2 * noise))
-
-  /** Learns the noise from consecutive measures at one limit. */
-  const observeNoise = (rate: number): void => {
-    if (lastSteadyRate !== undefined && rate + lastSteadyRate > 0) {
-      const spread = Math.abs(rate - lastSteadyRate) / ((rate + lastSteadyRate) / 2) / meanDifferencePerDeviation
-      noise = noise === 0 ? spread : noise * 0.8 + spread * 0.2
-    }
-    lastSteadyRate = rate
+  constructor(settings: Settings) {
+    this.min = settings.min
+    this.max = settings.max
+    this.dropTolerance = settings.dropTolerance ?? 0.05
+    this.latencyTolerance = settings.latencyTolerance ?? 0.25
+    this.gainThreshold = settings.gainThreshold ?? 0.1
+    this.holdIntervals = settings.holdIntervals ?? 10
+    this.current = settings.max
   }
 
-  const change = (to: number, kind: Change["kind"], reason: string): Change | undefined => {
-    const from = limit
-    limit = Math.max(min, Math.min(max, to))
-    if (limit === from) return undefined
-    lastSteadyRate = undefined
-    return { from, to: limit, kind, reason }
-  }
+  readonly limit = (): number => this.current
 
-  /** Each failure in a row doubles the hold: a pool that has found its size stops paying for trials. */
-  const hold = (): void => {
-    holdUntil = interval + holdIntervals * 2 ** Math.min(failedInARow, maxHoldDoublings)
-    failedInARow++
-  }
-
-  const back = (current: Trial, reason: string, then: "down" | "up"): Change | undefined => {
-    hold()
-    downStreak = 0
-    upStreak = 0
-    direction = then
-    return change(current.from, "revert", `${reason}: back to ${current.from}`)
-  }
-
-  /** The outcome of a trial, from its measured intervals. */
-  const judge = (current: Trial): Change | undefined => {
-    const rate = current.rate / current.measured
-    const waited = current.responseSum / current.measured
-    const drop = beyondNoise(dropTolerance)
-    const gain = beyondNoise(gainThreshold)
-    if (current.to < current.from) {
-      if (rate < current.reference * (1 - drop)) {
-        return back(current, `throughput fell ${percent(1 - rate / current.reference)} with ${current.to} connections`, "up")
-      }
-      if (waited > current.response * (1 + beyondNoise(latencyTolerance)) && rate < current.reference * (1 + gain)) {
-        return back(current, `callers waited ${percent(waited / current.response - 1)} longer with ${current.to} connections`, "up")
-      }
-      // The bar for the rest of the descent is the best it has held: one that began above the knee (more
-      // connections than help, so less throughput) must not go on past it. Under noise this errs towards
-      // more connections, never towards less throughput.
-      descentReference = Math.max(descentReference, rate)
-      failedInARow = 0
-      downStreak++
-      recentRates.length = 0
-      return undefined
-    }
-    if (rate >= current.reference * (1 + gain)) {
-      failedInARow = 0
-      upStreak++
-      recentRates.length = 0
-      return undefined
-    }
-    return back(current, `no throughput gain with ${current.to} connections (${percent(rate / current.reference - 1)})`, "down")
-  }
-
-  const start = (to: number, kind: "trial_down" | "trial_up", reason: (to: number) => string): Change | undefined => {
-    const made = change(to, kind, reason(Math.max(min, Math.min(max, to))))
-    if (made !== undefined) {
-      const sorted = [...recentRates].sort((a, b) => a - b)
-      const median = sorted[Math.floor(sorted.length / 2)]
-      if (kind === "trial_up" || downStreak === 0) descentReference = median
-      const reference = kind === "trial_up" ? median : descentReference
-      trial = { from: made.from, to: made.to, reference, response, intervals: 0, rate: 0, responseSum: 0, measured: 0 }
-    }
-    return made
-  }
-
-  const next = (sample: Sample): Change | undefined => {
-    interval++
+  readonly next = (sample: Sample): Change | undefined => {
+    this.interval++
     const rate = sample.completions * 1_000 / Math.max(1, sample.intervalMillis)
-    const responseNow = sample.waitMillis + sample.serviceMillis
-    if (sample.completions > 0) baseline = Math.min(baseline * 1.01, sample.serviceMillis)
+    if (sample.completions > 0) this.baseline = Math.min(this.baseline * 1.01, sample.serviceMillis)
     // Every allowed connection was in use, or callers waited: the limit is what decides.
-    const busy = sample.pending > 0 || sample.peakUsed >= limit
-    if (sample.refused > 0) {
-      trial = undefined
-      holdUntil = interval + holdIntervals
-      return change(
-        Math.min(limit, sample.open),
-        "refused",
-        `the server refused ${sample.refused} connection(s) for lack of slots: holding at ${Math.max(min, sample.open)}`
-      )
-    }
-    if (trial !== undefined) {
-      // The load fell while trying: nothing was learnt, so the limit goes back to where it was proven. Load
-      // in bursts shorter than a trial teaches nothing either: it is held off like a failure.
-      if (!busy) {
-        const abandoned = trial
-        trial = undefined
-        hold()
-        recentRates.length = 0
-        wasBusy = false
-        return change(abandoned.from, "revert", `the load stopped during the trial of ${abandoned.to}: back to ${abandoned.from}`)
-      }
-      if (++trial.intervals === 1) return undefined
-      observeNoise(rate)
-      trial.rate += rate
-      trial.responseSum += responseNow
-      trial.measured++
-      if (trial.intervals < trialIntervals) return undefined
-      const current = trial
-      trial = undefined
-      return judge(current)
-    }
+    const busy = sample.pending > 0 || sample.peakUsed >= this.current
+    if (sample.refused > 0) return this.refused(sample)
+    if (this.trial !== undefined) return this.during(this.trial, sample, rate, busy)
     if (!busy) {
       // The load changed: what was measured before says nothing about what comes.
-      recentRates.length = 0
-      wasBusy = false
-      lastSteadyRate = undefined
+      this.recentRates.length = 0
+      this.wasBusy = false
+      this.lastSteadyRate = undefined
       return undefined
     }
+    return this.steady(sample, rate)
+  }
+
+  /** The server refused connections: the limit holds at what is open. */
+  private refused(sample: Sample): Change | undefined {
+    this.trial = undefined
+    this.holdUntil = this.interval + this.holdIntervals
+    return this.change(
+      Math.min(this.current, sample.open),
+      "refused",
+      `the server refused ${sample.refused} connection(s) for lack of slots: holding at ${Math.max(this.min, sample.open)}`
+    )
+  }
+
+  /** An interval of a trial: measured after the first, judged after the last. */
+  private during(trial: Trial, sample: Sample, rate: number, busy: boolean): Change | undefined {
+    // The load fell while trying: nothing was learnt, so the limit goes back to where it was proven. Load
+    // in bursts shorter than a trial teaches nothing either: it is held off like a failure.
+    if (!busy) {
+      this.trial = undefined
+      this.hold()
+      this.recentRates.length = 0
+      this.wasBusy = false
+      return this.change(trial.from, "revert", `the load stopped during the trial of ${trial.to}: back to ${trial.from}`)
+    }
+    if (++trial.intervals === 1) return undefined
+    this.observeNoise(rate)
+    trial.rate += rate
+    trial.responseSum += sample.waitMillis + sample.serviceMillis
+    trial.measured++
+    if (trial.intervals < trialIntervals) return undefined
+    this.trial = undefined
+    return this.judge(trial)
+  }
+
+  /** A busy interval outside a trial: measured, and perhaps the start of the next trial. */
+  private steady(sample: Sample, rate: number): Change | undefined {
     // The first busy interval after a quiet one was partly quiet: not a measure of anything.
-    if (wasBusy) {
-      recentRates.push(rate)
-      observeNoise(rate)
+    if (this.wasBusy) {
+      this.recentRates.push(rate)
+      this.observeNoise(rate)
     }
-    wasBusy = true
-    if (recentRates.length > 5) recentRates.shift()
-    response = response === 0 ? responseNow : response * 0.7 + responseNow * 0.3
+    this.wasBusy = true
+    if (this.recentRates.length > 5) this.recentRates.shift()
+    const responseNow = sample.waitMillis + sample.serviceMillis
+    this.response = this.response === 0 ? responseNow : this.response * 0.7 + responseNow * 0.3
     // A trial needs a few intervals to compare with.
-    if (interval < holdUntil || recentRates.length < 3) return undefined
-    const inflation = sample.serviceMillis / baseline
+    if (this.interval < this.holdUntil || this.recentRates.length < 3) return undefined
+    const limit = this.current
     const waiting = sample.pending > 0 || sample.waitMillis > 0
-    if (waiting && limit < max && direction === "up") {
+    if (waiting && limit < this.max && this.direction === "up") {
       // An eighth more, twice as much after each trial kept.
-      const to = limit + Math.max(1, Math.floor(Math.min(limit / 2, limit / 8 * 2 ** upStreak)))
-      return start(to, "trial_up", (to) => `callers waiting with all ${limit} connections in use: trying ${to}`)
+      const to = limit + Math.max(1, Math.floor(Math.min(limit / 2, limit / 8 * 2 ** this.upStreak)))
+      return this.start(to, "trial_up", (to) => `callers waiting with all ${limit} connections in use: trying ${to}`)
     }
-    direction = "down"
-    upStreak = 0
-    if (limit <= min) return undefined
+    this.direction = "down"
+    this.upStreak = 0
+    if (limit <= this.min) return undefined
     // Further when checkouts take longer than at no load, and twice as far after each trial kept.
-    const share = Math.max(Math.max(0, 1 - 1 / inflation) / 2, 2 ** downStreak / 16)
-    const to = Math.max(min, limit - Math.max(1, Math.floor(limit * Math.min(0.5, share))))
-    return start(
+    const inflation = sample.serviceMillis / this.baseline
+    const share = Math.max(Math.max(0, 1 - 1 / inflation) / 2, 2 ** this.downStreak / 16)
+    const to = Math.max(this.min, limit - Math.max(1, Math.floor(limit * Math.min(0.5, share))))
+    return this.start(
       to,
       "trial_down",
       (to) => `all ${limit} connections in use, checkouts at ${inflation.toFixed(1)}× their fastest: trying ${to}`
     )
   }
 
-  return { limit: () => limit, next }
+  /** A tolerance, widened so that a trial is not judged on noise. */
+  private beyondNoise(tolerance: number): number {
+    return Math.max(tolerance, Math.min(maxNoiseTolerance, 2 * this.noise))
+  }
+
+  /** Learns the noise from consecutive measures at one limit. */
+  private observeNoise(rate: number): void {
+    const last = this.lastSteadyRate
+    if (last !== undefined && rate + last > 0) {
+      const spread = Math.abs(rate - last) / ((rate + last) / 2) / meanDifferencePerDeviation
+      this.noise = this.noise === 0 ? spread : this.noise * 0.8 + spread * 0.2
+    }
+    this.lastSteadyRate = rate
+  }
+
+  private change(to: number, kind: Change["kind"], reason: string): Change | undefined {
+    const from = this.current
+    this.current = Math.max(this.min, Math.min(this.max, to))
+    if (this.current === from) return undefined
+    this.lastSteadyRate = undefined
+    return { from, to: this.current, kind, reason }
+  }
+
+  /** Each failure in a row doubles the hold: a pool that has found its size stops paying for trials. */
+  private hold(): void {
+    this.holdUntil = this.interval + this.holdIntervals * 2 ** Math.min(this.failedInARow, maxHoldDoublings)
+    this.failedInARow++
+  }
+
+  private back(trial: Trial, reason: string, then: "down" | "up"): Change | undefined {
+    this.hold()
+    this.downStreak = 0
+    this.upStreak = 0
+    this.direction = then
+    return this.change(trial.from, "revert", `${reason}: back to ${trial.from}`)
+  }
+
+  /** The outcome of a trial, from its measured intervals. */
+  private judge(trial: Trial): Change | undefined {
+    const rate = trial.rate / trial.measured
+    const waited = trial.responseSum / trial.measured
+    const drop = this.beyondNoise(this.dropTolerance)
+    const gain = this.beyondNoise(this.gainThreshold)
+    if (trial.to < trial.from) {
+      if (rate < trial.reference * (1 - drop)) {
+        return this.back(trial, `throughput fell ${percent(1 - rate / trial.reference)} with ${trial.to} connections`, "up")
+      }
+      if (waited > trial.response * (1 + this.beyondNoise(this.latencyTolerance)) && rate < trial.reference * (1 + gain)) {
+        return this.back(trial, `callers waited ${percent(waited / trial.response - 1)} longer with ${trial.to} connections`, "up")
+      }
+      // The bar for the rest of the descent is the best it has held: one that began above the knee (more
+      // connections than help, so less throughput) must not go on past it. Under noise this errs towards
+      // more connections, never towards less throughput.
+      this.descentReference = Math.max(this.descentReference, rate)
+      this.kept()
+      this.downStreak++
+      return undefined
+    }
+    if (rate >= trial.reference * (1 + gain)) {
+      this.kept()
+      this.upStreak++
+      return undefined
+    }
+    return this.back(trial, `no throughput gain with ${trial.to} connections (${percent(rate / trial.reference - 1)})`, "down")
+  }
+
+  private kept(): void {
+    this.failedInARow = 0
+    this.recentRates.length = 0
+  }
+
+  private start(to: number, kind: "trial_down" | "trial_up", reason: (to: number) => string): Change | undefined {
+    const made = this.change(to, kind, reason(Math.max(this.min, Math.min(this.max, to))))
+    if (made !== undefined) {
+      const sorted = [...this.recentRates].sort((a, b) => a - b)
+      const median = sorted[Math.floor(sorted.length / 2)]
+      if (kind === "trial_up" || this.downStreak === 0) this.descentReference = median
+      const reference = kind === "trial_up" ? median : this.descentReference
+      this.trial = { from: made.from, to: made.to, reference, response: this.response, intervals: 0, rate: 0, responseSum: 0, measured: 0 }
+    }
+    return made
+  }
 }
