@@ -47,7 +47,7 @@ describe("Scheduler", () => {
       tenantMaxInUse: Infinity
     })
     const waiters = ["a", "a", "b", "a", "c"].map((tenant) => waiter(tenant))
-    waiters.forEach(scheduler.push)
+    for (const w of waiters) scheduler.push(w)
     assert.deepStrictEqual(drain(scheduler, 10), waiters)
   })
 
@@ -122,7 +122,7 @@ describe("Scheduler", () => {
   it("keeps no state for tenants that have stopped waiting", () => {
     const scheduler = fair({ tenantMaxInUse: 5 })
     const waiters = Array.from({ length: 10_000 }, (_, i) => waiter(`tenant-${i}`))
-    waiters.forEach(scheduler.push)
+    for (const w of waiters) scheduler.push(w)
     assert.strictEqual(scheduler.lanes(), 10_000)
     for (const w of waiters.slice(0, 5_000)) scheduler.remove(w)
     drain(scheduler, 5_000)

@@ -52,25 +52,25 @@ export interface FairnessOptions {
 
 /** @internal */
 export interface Scheduler<W extends Waiting> {
-  readonly push: (waiter: W) => void
-  readonly remove: (waiter: W) => void
+  push(waiter: W): void
+  remove(waiter: W): void
   /** The next waiter to serve with a whole free connection, if any is eligible. */
-  readonly next: () => W | undefined
+  next(): W | undefined
   /** The next waiter that wants a share, for spare capacity of a shared connection. */
-  readonly nextShare: () => W | undefined
+  nextShare(): W | undefined
   /** Whether a tenant's next request may take a connection without waiting. */
-  readonly mayTake: (tenant: string) => boolean
+  mayTake(tenant: string): boolean
   /** Waiters of one tenant. */
-  readonly queued: (tenant: string) => number
+  queued(tenant: string): number
   /** Counts a connection as held by `tenant`, for its in-use limit. */
-  readonly acquired: (tenant: string) => void
-  readonly released: (tenant: string) => void
+  acquired(tenant: string): void
+  released(tenant: string): void
   /** Waiters in all. (With `lanes`, what the tests read to prove that nothing is kept for tenants gone.) */
-  readonly size: () => number
+  size(): number
   /** Waiters for a share of a connection, for the engine's demand. */
-  readonly sharedWaiting: () => number
-  /** Flows the scheduler keeps state for: one per tenant and priority with waiters. */
-  readonly lanes: () => number
+  sharedWaiting(): number
+  /** Lanes the scheduler keeps state for: one per tenant and priority with waiters. */
+  lanes(): number
 }
 
 const priorities: ReadonlyArray<Priority> = ["high", "normal", "low"]
@@ -109,7 +109,7 @@ const makeFifo = <W extends Waiting>(): Scheduler<W> => {
   }
 }
 
-/** A tenant with waiters, or holding connections under an in-use limit. */
+/** A tenant's waiters of one priority class, and its turns in the round. */
 interface Lane<W> {
   readonly key: string
   readonly weight: number
@@ -128,47 +128,120 @@ interface Class<W> {
   waiting: number
 }
 
-const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => {
-  const lanes = new Map<string, Lane<W>>()
-  const classes: Record<Priority, Class<W>> = {
-    high: makeClass(options.priorityWeights.high),
-    normal: makeClass(options.priorityWeights.normal),
-    low: makeClass(options.priorityWeights.low)
-  }
-  /** Which lane a waiter is queued in: its priority class has a lane per tenant. */
-  const laneKey = (request: Request) => `${request.priority}\u0000${request.tenant}`
-  let classCursor = 0
-  let size = 0
-  let sharedWaiting = 0
-  const limited = options.tenantMaxInUse !== Infinity
-  /** Connections held per tenant, only kept under an in-use limit. */
-  const inUse = new Map<string, number>()
+const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => new FairScheduler<W>(options)
 
-  const eligible = (lane: Lane<W>, wantShare: boolean): boolean => {
+/** Deficit round-robin on two levels: priority classes by weight, then tenants (lanes) by weight. */
+class FairScheduler<W extends Waiting> implements Scheduler<W> {
+  private readonly options: FairnessOptions
+  private readonly lanesByKey = new Map<string, Lane<W>>()
+  private readonly classes: Record<Priority, Class<W>>
+  private classCursor = 0
+  private waiting = 0
+  private sharesWaiting = 0
+  private readonly limited: boolean
+  /** Connections held per tenant, only kept under an in-use limit. */
+  private readonly inUse = new Map<string, number>()
+
+  constructor(options: FairnessOptions) {
+    this.options = options
+    this.limited = options.tenantMaxInUse !== Infinity
+    this.classes = {
+      high: makeClass(options.priorityWeights.high),
+      normal: makeClass(options.priorityWeights.normal),
+      low: makeClass(options.priorityWeights.low)
+    }
+  }
+
+  push(waiter: W): void {
+    const lane = this.laneFor(waiter)
+    const cls = this.classes[waiter.request.priority]
+    lane.queue.push(waiter)
+    // A tenant that starts waiting joins at the end of the current round, just behind the cursor: at
+    // the ring's tail, a stream of new tenants would keep the cursor from ever coming back round.
+    if (!lane.inRing.queued) {
+      if (cls.cursor === undefined) cls.ring.push(lane)
+      else cls.ring.insertBefore(lane, cls.cursor)
+    }
+    cls.waiting++
+    this.waiting++
+    if (waiter.request.shared) this.sharesWaiting++
+  }
+
+  remove(waiter: W): void {
+    const lane = this.lanesByKey.get(laneKey(waiter.request.priority, waiter.request.tenant))
+    if (lane === undefined || !waiter.inLane.queued) return
+    this.taken(waiter, lane)
+  }
+
+  next(): W | undefined {
+    return this.pick(false)
+  }
+
+  nextShare(): W | undefined {
+    // Spare room on a shared connection goes to work that wants a share, but not
+    // past callers waiting for a connection alone: shared connections must drain.
+    return this.waiting === this.sharesWaiting ? this.pick(true) : undefined
+  }
+
+  mayTake(tenant: string): boolean {
+    return !this.limited || tenant === "" || (this.inUse.get(tenant) ?? 0) < this.options.tenantMaxInUse
+  }
+
+  queued(tenant: string): number {
+    let count = 0
+    for (const priority of priorities) count += this.lanesByKey.get(laneKey(priority, tenant))?.queue.size ?? 0
+    return count
+  }
+
+  acquired(tenant: string): void {
+    if (this.limited && tenant !== "") this.inUse.set(tenant, (this.inUse.get(tenant) ?? 0) + 1)
+  }
+
+  released(tenant: string): void {
+    if (!this.limited || tenant === "") return
+    const held = (this.inUse.get(tenant) ?? 1) - 1
+    if (held === 0) this.inUse.delete(tenant)
+    else this.inUse.set(tenant, held)
+  }
+
+  size(): number {
+    return this.waiting
+  }
+
+  sharedWaiting(): number {
+    return this.sharesWaiting
+  }
+
+  lanes(): number {
+    return this.lanesByKey.size
+  }
+
+  /** Whether a lane's first waiter may be served now: it wants a share if one is offered, and its tenant is under its in-use limit. */
+  private eligible(lane: Lane<W>, wantShare: boolean): boolean {
     const head = lane.queue.peek()
     if (head === undefined) return false
     if (wantShare) return head.request.shared
-    return !limited || head.request.tenant === "" || (inUse.get(head.request.tenant) ?? 0) < options.tenantMaxInUse
+    return this.mayTake(head.request.tenant)
   }
 
-  const laneFor = (waiter: W): Lane<W> => {
-    const key = laneKey(waiter.request)
-    let lane = lanes.get(key)
+  private laneFor(waiter: W): Lane<W> {
+    const key = laneKey(waiter.request.priority, waiter.request.tenant)
+    let lane = this.lanesByKey.get(key)
     if (lane === undefined) {
       lane = {
         key,
-        weight: options.tenantWeight(waiter.request.tenant),
+        weight: this.options.tenantWeight(waiter.request.tenant),
         queue: new LinkedQueue<W>((w) => w.inLane),
         inRing: new Link(),
         credit: 0
       }
-      lanes.set(key, lane)
+      this.lanesByKey.set(key, lane)
     }
     return lane
   }
 
   /** Drops a lane that has no waiters left; the round goes on with the one after it. */
-  const forget = (lane: Lane<W>, cls: Class<W>): void => {
+  private forget(lane: Lane<W>, cls: Class<W>): void {
     if (lane.queue.size > 0) return
     if (cls.cursor === lane) {
       const next = lane.inRing.next ?? (cls.ring.peek() === lane ? undefined : cls.ring.peek())
@@ -176,21 +249,21 @@ const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => 
       if (next !== undefined) next.credit = next.weight
     }
     cls.ring.remove(lane)
-    lanes.delete(lane.key)
+    this.lanesByKey.delete(lane.key)
   }
 
-  const taken = (waiter: W, lane: Lane<W>): W => {
-    const cls = classes[waiter.request.priority]
+  private taken(waiter: W, lane: Lane<W>): W {
+    const cls = this.classes[waiter.request.priority]
     lane.queue.remove(waiter)
     cls.waiting--
-    size--
-    if (waiter.request.shared) sharedWaiting--
-    forget(lane, cls)
+    this.waiting--
+    if (waiter.request.shared) this.sharesWaiting--
+    this.forget(lane, cls)
     return waiter
   }
 
   /** Deficit round-robin over one class's lanes: each lane serves up to its weight per turn. */
-  const pickIn = (cls: Class<W>, wantShare: boolean): W | undefined => {
+  private pickIn(cls: Class<W>, wantShare: boolean): W | undefined {
     for (let visited = 0; visited <= cls.ring.size; visited++) {
       let lane = cls.cursor
       if (lane === undefined) {
@@ -199,9 +272,9 @@ const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => 
         cls.cursor = lane
         lane.credit = lane.weight
       }
-      if (lane.credit > 0 && eligible(lane, wantShare)) {
+      if (lane.credit > 0 && this.eligible(lane, wantShare)) {
         lane.credit--
-        return taken(lane.queue.peek()!, lane)
+        return this.taken(lane.queue.peek()!, lane)
       }
       const next = lane.inRing.next ?? cls.ring.peek()!
       cls.cursor = next
@@ -211,67 +284,26 @@ const makeFair = <W extends Waiting>(options: FairnessOptions): Scheduler<W> => 
   }
 
   /** Deficit round-robin over the classes, then over the chosen class's lanes. */
-  const pick = (wantShare: boolean): W | undefined => {
+  private pick(wantShare: boolean): W | undefined {
     for (let visited = 0; visited <= priorities.length; visited++) {
-      const cls = classes[priorities[classCursor]]
+      const cls = this.classes[priorities[this.classCursor]]
       if (cls.credit > 0 && cls.waiting > 0) {
-        const waiter = pickIn(cls, wantShare)
+        const waiter = this.pickIn(cls, wantShare)
         if (waiter !== undefined) {
           cls.credit--
           return waiter
         }
       }
-      classCursor = (classCursor + 1) % priorities.length
-      const next = classes[priorities[classCursor]]
+      this.classCursor = (this.classCursor + 1) % priorities.length
+      const next = this.classes[priorities[this.classCursor]]
       next.credit = next.weight
     }
     return undefined
   }
-
-  return {
-    push: (waiter) => {
-      const lane = laneFor(waiter)
-      const cls = classes[waiter.request.priority]
-      lane.queue.push(waiter)
-      // A tenant that starts waiting joins at the end of the current round, just behind the cursor: at
-      // the ring's tail, a stream of new tenants would keep the cursor from ever coming back round.
-      if (!lane.inRing.queued) {
-        if (cls.cursor === undefined) cls.ring.push(lane)
-        else cls.ring.insertBefore(lane, cls.cursor)
-      }
-      cls.waiting++
-      size++
-      if (waiter.request.shared) sharedWaiting++
-    },
-    remove: (waiter) => {
-      const lane = lanes.get(laneKey(waiter.request))
-      if (lane === undefined || !waiter.inLane.queued) return
-      taken(waiter, lane)
-    },
-    next: () => pick(false),
-    // Spare room on a shared connection goes to work without a tenant, but not
-    // past callers waiting for a connection alone: shared connections must drain.
-    nextShare: () => size === sharedWaiting ? pick(true) : undefined,
-    mayTake: (tenant) => !limited || tenant === "" || (inUse.get(tenant) ?? 0) < options.tenantMaxInUse,
-    queued: (tenant) => {
-      let count = 0
-      for (const priority of priorities) count += lanes.get(`${priority}\u0000${tenant}`)?.queue.size ?? 0
-      return count
-    },
-    acquired: (tenant) => {
-      if (limited && tenant !== "") inUse.set(tenant, (inUse.get(tenant) ?? 0) + 1)
-    },
-    released: (tenant) => {
-      if (!limited || tenant === "") return
-      const held = (inUse.get(tenant) ?? 1) - 1
-      if (held === 0) inUse.delete(tenant)
-      else inUse.set(tenant, held)
-    },
-    size: () => size,
-    sharedWaiting: () => sharedWaiting,
-    lanes: () => lanes.size
-  }
 }
+
+/** Which lane a waiter is queued in: its priority class has a lane per tenant. */
+const laneKey = (priority: Priority, tenant: string) => `${priority}\u0000${tenant}`
 
 const makeClass = <W>(weight: number): Class<W> => ({
   weight,
