@@ -24,6 +24,9 @@
  * asked, a `StatementTimeoutError` for `QueryTimeoutError`);
  * {@link fromSqlError} finds it again.
  *
+ * Over 300 lines: every error of the pool is here, one class each, so that
+ * they are documented in one place.
+ *
  * @since 0.1.0
  */
 import * as Predicate from "effect/Predicate"

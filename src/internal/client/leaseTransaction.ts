@@ -15,6 +15,10 @@
  * - The server's transaction status and reports, not command tags, say
  *   where the lease is and whether its session may need a reset.
  *
+ * Just over 300 lines: the protocol's steps (admit, send, settle, the
+ * outcome, the retry on another connection) read each other's results, and
+ * are kept in one file to be read in order.
+ *
  * @internal
  */
 import * as Effect from "effect/Effect"

@@ -15,6 +15,10 @@
  * Either way the scheduler only orders waiters: the engine decides when a
  * connection is free, and the uncontended path never comes here.
  *
+ * Over 300 lines: two schedulers behind one interface, each small; the fair
+ * one's rounds on two levels are kept together so that their invariants can
+ * be read in one place.
+ *
  * @internal
  */
 import type { Level } from "../../Priority.ts"

@@ -38,6 +38,9 @@
  * a pure state machine: the pool feeds it samples on a timer, tests feed it
  * a simulated database.
  *
+ * Over 300 lines: the controller is one state machine whose every step reads
+ * what the others learnt, and most of the module is this explanation of it.
+ *
  * @internal
  */
 
