@@ -28,3 +28,6 @@ export * as Metrics from "./Metrics.ts"
 
 /** PostgreSQL notifications as a stream that listens again after a lost connection. @since 0.1.0 */
 export * as Notifications from "./Notifications.ts"
+
+/** The pool from Promise-based code (SvelteKit, plain Node): one runtime per process, typed rejections, a clean close. @since 0.2.0 */
+export * as PoolRuntime from "./PoolRuntime.ts"
