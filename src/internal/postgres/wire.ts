@@ -25,12 +25,12 @@
  * {@link DriverSession}. The names of its prepared statements are kept by
  * ./preparedStatements.ts.
  *
- * Why this module is over 300 lines, and `make` over 60: it is one
- * connection's protocol driver, a closure over that connection's state (the
- * cycles waiting and on the wire, the statement being answered, the status
- * and reports), which writing cycles and reading every message the server
- * sends both use. Split, that state would be passed around for every
- * message of every statement.
+ * Why this module is over 300 lines: it is one connection's protocol
+ * driver, a class over that connection's state (the cycles waiting and on
+ * the wire, the statement being answered, the status and reports), which
+ * writing cycles and reading every message the server sends both use. Split
+ * across modules, that state would be passed around for every message of
+ * every statement.
  *
  * @internal
  */
@@ -230,77 +230,106 @@ const parseTag = (tag: string): { command: string; rowCount: number; oid: number
   }
 }
 
+/** Encodes a `Bind`, writing each parameter as the connection's types say. */
+const bindEncoder = (registry: PgTypes.Registry | undefined) =>
+  PgProtocol.makeBindEncoder(
+    (sink: PgProtocol.ValueSink, parameter: PgTypes.Parameter) => PgTypes.writeParameter(sink, parameter, registry),
+    PgTypes.isTextFormat
+  )
+
 /**
  * The pool's session on a driver connection.
  *
  * @internal
  */
-export const make = (session: DriverSession, options: Options): Wire => {
-  const bind = PgProtocol.makeBindEncoder(
-    (sink: PgProtocol.ValueSink, parameter: PgTypes.Parameter) => PgTypes.writeParameter(sink, parameter, session.registry),
-    PgTypes.isTextFormat
-  )
-  const prepared = PreparedStatements.make<Description>(options.preparedStatements)
+export const make = (driver: DriverSession, options: Options): Wire => new Session(driver, options)
 
-  /** Cycles waiting to be written, and those written and not yet answered (oldest first). */
-  const pending: Array<Cycle> = []
-  const inFlight: Array<Cycle> = []
-  let flushScheduled = false
-  let lent = false
-  let status: Status = "I"
-  const reports = new Set<string>()
-  const idleWaiters = new Set<() => void>()
+/**
+ * One connection's protocol session: its state as fields, a method per job
+ * (writing cycles, routing the server's answers to them, lending the
+ * connection to a stream, the server's reports). It is also the driver's
+ * consumer while a cycle of ours is on the wire, so every message reaches it
+ * as a method call, with nothing allocated on the way.
+ */
+class Session implements Wire, Consumer {
+  readonly processId: number
+  readonly idle: Effect.Effect<void>
+  private readonly driver: DriverSession
+  private readonly bind: ReturnType<typeof bindEncoder>
+  private readonly prepared: PreparedStatements.PreparedStatements<Description>
+  private readonly prepares: boolean
+  /** Cycles waiting to be written (oldest first). */
+  private readonly pending: Array<Cycle> = []
+  /** Cycles written and not yet answered (oldest first): the server answers them in order. */
+  private readonly onWire: Array<Cycle> = []
+  private flushScheduled = false
+  /** The driver has the connection for a stream: nothing of ours goes on the wire. */
+  private lent = false
+  private lastStatus: Status = "I"
+  private readonly reports = new Set<string>()
+  private readonly idleWaiters = new Set<() => void>()
+  /** `flush` as the microtask that writes a tick's cycles together. */
+  private readonly flushTask = () => this.flush()
+  /** Waits until nothing of ours is on the wire, then lets the driver have it. */
+  private readonly lend: Effect.Effect<void>
+  private readonly takeBack: Effect.Effect<void>
 
-  // Every `ReadyForQuery`, ours or the driver's (streams), after the driver and the consumer saw it.
-  session.observe((message) => {
-    if (message._tag === "ReadyForQuery") status = message.status
-    else if (message._tag === "ParameterStatus") reports.add(message.name)
-  })
-
-  const describe = (fields: ReadonlyArray<PgProtocol.FieldDescription>): Description => {
-    const reader = PgTypes.makeFieldReader(fields, session.registry)
-    if (Result.isFailure(reader)) throw reader.failure
-    return {
-      fields: fields.map((field) => ({ name: field.name, dataTypeId: field.dataTypeOid })),
-      readField: reader.success,
-      build: rowBuilder(fields.map((field) => field.name))
-    }
+  constructor(driver: DriverSession, options: Options) {
+    this.driver = driver
+    this.processId = driver.processId
+    this.bind = bindEncoder(driver.registry)
+    this.prepared = PreparedStatements.make<Description>(options.preparedStatements)
+    this.prepares = options.preparedStatements > 0
+    this.idle = Effect.callback<void>((resume) => {
+      if (this.onWire.length === 0 && this.pending.length === 0) return resume(Effect.void)
+      const waiter = () => resume(Effect.void)
+      this.idleWaiters.add(waiter)
+      return Effect.sync(() => this.idleWaiters.delete(waiter))
+    })
+    this.lend = Effect.andThen(this.idle, Effect.sync(() => {
+      this.lent = true
+    }))
+    this.takeBack = Effect.sync(() => {
+      this.lent = false
+      this.scheduleFlush()
+    })
+    driver.observe((message) => this.observe(message))
   }
 
-  /** One statement's bytes; throws a `CodecError` for parameters that cannot be bound. */
-  const encode = (query: Query, parts: Array<Uint8Array>): Step => {
-    const parameters = query.params.map((value) => Parameters.infer(value, session.registry))
-    const types = parameters.map((parameter) => parameter.oid)
-    // A statement whose `Parse` is on the wire already goes unnamed: naming it twice would collide.
-    const entry = query.prepare && options.preparedStatements > 0
-      ? PreparedStatements.named(prepared, query.sql, types)
-      : undefined
-    const usable = entry !== undefined && (entry.parsed || !entry.parsing) ? entry : undefined
-    const parses = usable === undefined || !usable.parsed
-    if (parses) {
-      parts.push(Result.getOrThrow(PgProtocol.encodeParse({ name: usable?.name ?? "", query: query.sql, parameterTypes: types })))
-      if (usable !== undefined) usable.parsing = true
-    }
-    parts.push(Result.getOrThrow(bind({ portal: "", statement: usable?.name ?? "", parameters })))
-    const known = usable?.description
-    parts.push(known === undefined ? describeExecute : execute)
-    return { query, prepared: usable, parses, parseCompleted: false, description: known, rows: [], outcome: undefined }
+  // The state, as the pool reads it.
+
+  dead(): boolean {
+    return this.driver.deadWith() !== undefined
   }
 
-  const submit = (queries: ReadonlyArray<Query>, reply: (reply: Reply) => void): SqlError | undefined => {
-    const dead = session.deadWith()
+  status(): Status {
+    return this.lastStatus
+  }
+
+  inFlight(): number {
+    return this.onWire.length + this.pending.length
+  }
+
+  forgetPrepared(): void {
+    PreparedStatements.forget(this.prepared)
+  }
+
+  // Writing cycles.
+
+  submit(queries: ReadonlyArray<Query>, reply: (reply: Reply) => void): SqlError | undefined {
+    const dead = this.driver.deadWith()
     if (dead !== undefined) return dead
     const parts: Array<Uint8Array> = []
     const steps: Array<Step> = []
     try {
-      for (const query of queries) steps.push(encode(query, parts))
+      for (const query of queries) steps.push(this.encode(query, parts))
     } catch (cause) {
       for (const step of steps) if (step.parses && step.prepared !== undefined) step.prepared.parsing = false
       return queryError(cause, "PgConnection: Failed to encode query")
     }
     parts.push(sync)
-    const closing = PreparedStatements.takeCloses(prepared)
-    pending.push({
+    const closing = PreparedStatements.takeCloses(this.prepared)
+    this.pending.push({
       steps,
       frame: Buffer.concat(closing.length === 0 ? parts : [...closing, ...parts]),
       closes: closing.length,
@@ -309,62 +338,164 @@ export const make = (session: DriverSession, options: Options): Wire => {
       stale: false,
       reply
     })
-    scheduleFlush()
+    this.scheduleFlush()
     return undefined
   }
 
-  const scheduleFlush = (): void => {
-    if (flushScheduled || lent) return
-    flushScheduled = true
+  /** One statement's bytes; throws a `CodecError` for parameters that cannot be bound. */
+  private encode(query: Query, parts: Array<Uint8Array>): Step {
+    const registry = this.driver.registry
+    const parameters = query.params.map((value) => Parameters.infer(value, registry))
+    const types = parameters.map((parameter) => parameter.oid)
+    // A statement whose `Parse` is on the wire already goes unnamed: naming it twice would collide.
+    const entry = query.prepare && this.prepares ? PreparedStatements.named(this.prepared, query.sql, types) : undefined
+    const usable = entry !== undefined && (entry.parsed || !entry.parsing) ? entry : undefined
+    const parses = usable === undefined || !usable.parsed
+    if (parses) {
+      parts.push(Result.getOrThrow(PgProtocol.encodeParse({ name: usable?.name ?? "", query: query.sql, parameterTypes: types })))
+      if (usable !== undefined) usable.parsing = true
+    }
+    parts.push(Result.getOrThrow(this.bind({ portal: "", statement: usable?.name ?? "", parameters })))
+    const known = usable?.description
+    parts.push(known === undefined ? describeExecute : execute)
+    return { query, prepared: usable, parses, parseCompleted: false, description: known, rows: [], outcome: undefined }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.lent) return
+    this.flushScheduled = true
     // Cycles submitted in the same tick share a write.
-    queueMicrotask(flush)
+    queueMicrotask(this.flushTask)
   }
 
-  const flush = (): void => {
-    flushScheduled = false
-    if (lent || pending.length === 0) return
-    const dead = session.deadWith()
-    if (dead !== undefined) return failAll(dead)
-    const room = Math.min(pending.length, maxInFlight - inFlight.length)
+  private flush(): void {
+    this.flushScheduled = false
+    if (this.lent || this.pending.length === 0) return
+    const dead = this.driver.deadWith()
+    if (dead !== undefined) return this.onFatal(dead)
+    const room = Math.min(this.pending.length, maxInFlight - this.onWire.length)
     if (room <= 0) return
-    const batch = pending.splice(0, room)
-    if (inFlight.length === 0) session.setConsumer(consumer)
-    inFlight.push(...batch)
-    session.write(batch.length === 1 ? batch[0].frame : Buffer.concat(batch.map((cycle) => cycle.frame)))
+    const batch = this.pending.splice(0, room)
+    if (this.onWire.length === 0) this.driver.setConsumer(this)
+    this.onWire.push(...batch)
+    this.driver.write(batch.length === 1 ? batch[0].frame : Buffer.concat(batch.map((cycle) => cycle.frame)))
   }
 
-  const failAll = (error: SqlError): void => {
-    const cycles = [...inFlight, ...pending]
-    inFlight.length = 0
-    pending.length = 0
+  // Routing the server's answers: the driver calls these while a cycle of ours is on the wire.
+
+  onMessage(message: PgProtocol.BackendMessage<unknown>): void {
+    const cycle = this.onWire[0]
+    if (cycle === undefined) return this.desync(`Unexpected ${message._tag} with no statement on the wire`)
+    if (message._tag === "ReadyForQuery") return this.finishCycle(cycle, message.status)
+    if (cycle.failed) return this.desync(`Unexpected ${message._tag} after ErrorResponse`)
+    if (message._tag === "CloseComplete") {
+      if (cycle.closes === 0) return this.desync("Unexpected CloseComplete")
+      cycle.closes--
+      return
+    }
+    const step = cycle.steps[cycle.at]
+    if (message._tag === "ErrorResponse") return this.failStep(cycle, step, message.fields)
+    if (step === undefined) return this.desync(`Unexpected ${message._tag} after the last statement`)
+    this.answerStep(cycle, step, message)
+  }
+
+  onBatchEnd(): void {
+    // Cycles that waited for room on the wire go out as soon as answers make it.
+    if (this.pending.length > 0 && !this.flushScheduled) this.flush()
+  }
+
+  /** The connection died: every cycle in flight or waiting fails with `error`. */
+  onFatal(error: SqlError): void {
+    const cycles = [...this.onWire, ...this.pending]
+    this.onWire.length = 0
+    this.pending.length = 0
     for (const cycle of cycles) {
       for (const step of cycle.steps) if (step.prepared !== undefined) step.prepared.parsing = false
-      cycle.reply({ answers: cycle.steps.map(() => error), statusBefore: status, status: "E", stale: false })
+      cycle.reply({ answers: cycle.steps.map(() => error), statusBefore: this.lastStatus, status: "E", stale: false })
     }
-    notifyIdle()
+    this.notifyIdle()
   }
 
-  const notifyIdle = (): void => {
-    if (inFlight.length > 0 || pending.length > 0) return
-    const waiters = Array.from(idleWaiters)
-    idleWaiters.clear()
-    for (const waiter of waiters) waiter()
+  /** A message about the statement being answered. */
+  private answerStep(cycle: Cycle, step: Step, message: PgProtocol.BackendMessage<unknown>): void {
+    switch (message._tag) {
+      case "ParseComplete":
+        step.parseCompleted = true
+        return
+      case "BindComplete":
+        // A statement described before has no `RowDescription` coming: its reader goes in now.
+        if (step.description !== undefined) this.driver.setFieldReader(step.description.readField)
+        return
+      case "RowDescription":
+        return this.describeStep(step, message.fields)
+      case "NoData":
+        step.description = noRows
+        if (step.prepared !== undefined) step.prepared.description = noRows
+        return
+      case "DataRow":
+        if (step.description === undefined || step.description === noRows) return this.desync("DataRow without columns")
+        step.rows.push(step.query.shape === "objects" ? step.description.build(message.values) : message.values)
+        return
+      case "CommandComplete":
+        return this.finishStep(cycle, step, message.commandTag)
+      case "EmptyQueryResponse":
+        return this.finishStep(cycle, step, "")
+      default:
+        return this.desync(`Unexpected ${message._tag}${message._tag.startsWith("Copy") ? "; COPY is not supported" : ""}`)
+    }
   }
 
-  const desync = (what: string): void =>
-    session.fatal(connectionError(new Error(what), `PgConnection: ${what}`))
+  /** A statement's columns: how the parser reads its rows, kept with its prepared statement for next time. */
+  private describeStep(step: Step, fields: ReadonlyArray<PgProtocol.FieldDescription>): void {
+    let description: Description
+    try {
+      description = this.describe(fields)
+    } catch (cause) {
+      return this.driver.fatal(queryError(cause, "PgConnection: Failed to decode row"))
+    }
+    step.description = description
+    if (step.prepared !== undefined) step.prepared.description = description
+    this.driver.setFieldReader(description.readField)
+  }
 
-  const finishStep = (cycle: Cycle, step: Step, tag: string): void => {
+  /** Throws when a column's type has no reader. */
+  private describe(fields: ReadonlyArray<PgProtocol.FieldDescription>): Description {
+    const reader = PgTypes.makeFieldReader(fields, this.driver.registry)
+    if (Result.isFailure(reader)) throw reader.failure
+    return {
+      fields: fields.map((field) => ({ name: field.name, dataTypeId: field.dataTypeOid })),
+      readField: reader.success,
+      build: rowBuilder(fields.map((field) => field.name))
+    }
+  }
+
+  private finishStep(cycle: Cycle, step: Step, tag: string): void {
     const { command, rowCount, oid } = parseTag(tag)
     // The server dropped prepared statements: this connection's names may be among them.
-    if (command === "DEALLOCATE" || tag === "DISCARD ALL") PreparedStatements.forget(prepared)
+    if (command === "DEALLOCATE" || tag === "DISCARD ALL") PreparedStatements.forget(this.prepared)
     step.outcome = { command, rowCount, oid, rows: step.rows, fields: step.description?.fields ?? [] }
     cycle.at++
   }
 
+  private failStep(cycle: Cycle, step: Step | undefined, fields: PgProtocol.ErrorFields): void {
+    cycle.failed = true
+    const error = serverError(fields)
+    if (step === undefined) return this.desync("ErrorResponse before any statement")
+    step.outcome = error
+    const entry = step.prepared
+    if (entry !== undefined && !step.parses && fields.code === lostStatement) {
+      // Someone dropped this connection's statements (DEALLOCATE ALL, DISCARD ALL): none of the names hold.
+      cycle.stale = true
+      PreparedStatements.forget(this.prepared)
+    } else if (entry !== undefined && fields.code === changedResult) {
+      cycle.stale = true
+      PreparedStatements.evict(this.prepared, entry)
+    }
+  }
+
   /** The server is done with a cycle: every statement's outcome and the status after it. */
-  const finishCycle = (cycle: Cycle, after: Status): void => {
-    inFlight.shift()
+  private finishCycle(cycle: Cycle, after: Status): void {
+    this.onWire.shift()
     for (const step of cycle.steps) {
       const entry = step.prepared
       if (entry === undefined) continue
@@ -374,120 +505,46 @@ export const make = (session: DriverSession, options: Options): Wire => {
       }
     }
     const answers = cycle.steps.map((step) => step.outcome)
-    const reply: Reply = { answers, statusBefore: status, status: after, stale: cycle.stale }
-    status = after
-    if (inFlight.length === 0) {
-      session.setConsumer(undefined)
-      session.setFieldReader(undefined)
+    const reply: Reply = { answers, statusBefore: this.lastStatus, status: after, stale: cycle.stale }
+    this.lastStatus = after
+    if (this.onWire.length === 0) {
+      this.driver.setConsumer(undefined)
+      this.driver.setFieldReader(undefined)
     }
     cycle.reply(reply)
-    notifyIdle()
+    this.notifyIdle()
   }
 
-  const failStep = (cycle: Cycle, step: Step | undefined, fields: PgProtocol.ErrorFields): void => {
-    cycle.failed = true
-    const error = serverError(fields)
-    if (step === undefined) return desync("ErrorResponse before any statement")
-    step.outcome = error
-    const entry = step.prepared
-    if (entry !== undefined && !step.parses && fields.code === lostStatement) {
-      // Someone dropped this connection's statements (DEALLOCATE ALL, DISCARD ALL): none of the names hold.
-      cycle.stale = true
-      PreparedStatements.forget(prepared)
-    } else if (entry !== undefined && fields.code === changedResult) {
-      cycle.stale = true
-      PreparedStatements.evict(prepared, entry)
-    }
+  private notifyIdle(): void {
+    if (this.onWire.length > 0 || this.pending.length > 0) return
+    const waiters = Array.from(this.idleWaiters)
+    this.idleWaiters.clear()
+    for (const waiter of waiters) waiter()
   }
 
-  const consumer: Consumer = {
-    onMessage: (message) => {
-      const cycle = inFlight[0]
-      if (cycle === undefined) return desync(`Unexpected ${message._tag} with no statement on the wire`)
-      if (message._tag === "ReadyForQuery") return finishCycle(cycle, message.status)
-      if (cycle.failed) return desync(`Unexpected ${message._tag} after ErrorResponse`)
-      if (message._tag === "CloseComplete") {
-        if (cycle.closes === 0) return desync("Unexpected CloseComplete")
-        cycle.closes--
-        return
-      }
-      const step = cycle.steps[cycle.at]
-      if (message._tag === "ErrorResponse") return failStep(cycle, step, message.fields)
-      if (step === undefined) return desync(`Unexpected ${message._tag} after the last statement`)
-      switch (message._tag) {
-        case "ParseComplete":
-          step.parseCompleted = true
-          return
-        case "BindComplete":
-          // A statement described before has no `RowDescription` coming: its reader goes in now.
-          if (step.description !== undefined) session.setFieldReader(step.description.readField)
-          return
-        case "RowDescription": {
-          let description: Description
-          try {
-            description = describe(message.fields)
-          } catch (cause) {
-            return session.fatal(queryError(cause, "PgConnection: Failed to decode row"))
-          }
-          step.description = description
-          if (step.prepared !== undefined) step.prepared.description = description
-          session.setFieldReader(description.readField)
-          return
-        }
-        case "NoData":
-          step.description = noRows
-          if (step.prepared !== undefined) step.prepared.description = noRows
-          return
-        case "DataRow":
-          if (step.description === undefined || step.description === noRows) return desync("DataRow without columns")
-          step.rows.push(step.query.shape === "objects" ? step.description.build(message.values) : message.values)
-          return
-        case "CommandComplete":
-          return finishStep(cycle, step, message.commandTag)
-        case "EmptyQueryResponse":
-          return finishStep(cycle, step, "")
-        default:
-          return desync(`Unexpected ${message._tag}${message._tag.startsWith("Copy") ? "; COPY is not supported" : ""}`)
-      }
-    },
-    onBatchEnd: () => {
-      if (pending.length > 0 && !flushScheduled) flush()
-    },
-    onFatal: failAll
+  private desync(what: string): void {
+    this.driver.fatal(connectionError(new Error(what), `PgConnection: ${what}`))
   }
 
-  const idle: Effect.Effect<void> = Effect.callback<void>((resume) => {
-    if (inFlight.length === 0 && pending.length === 0) return resume(Effect.void)
-    const waiter = () => resume(Effect.void)
-    idleWaiters.add(waiter)
-    return Effect.sync(() => idleWaiters.delete(waiter))
-  })
+  // Lending the connection to a stream.
 
-  /** Hands the connection to the driver for a stream: nothing of ours is on the wire until it ends. */
-  const lend = Effect.andThen(idle, Effect.sync(() => {
-    lent = true
-  }))
-  const takeBack = Effect.sync(() => {
-    lent = false
-    scheduleFlush()
-  })
+  stream(sql: string, params: ReadonlyArray<unknown>): Stream.Stream<any, SqlError> {
+    return Stream.unwrap(Effect.as(Effect.acquireRelease(this.lend, () => this.takeBack), this.driver.stream(sql, params)))
+  }
 
-  return {
-    processId: session.processId,
-    submit,
-    dead: () => session.deadWith() !== undefined,
-    status: () => status,
-    inFlight: () => inFlight.length + pending.length,
-    idle,
-    takeReports: () => {
-      if (reports.size === 0) return []
-      const names = Array.from(reports)
-      reports.clear()
-      return names
-    },
-    stream: (sql, params) =>
-      Stream.unwrap(Effect.as(Effect.acquireRelease(lend, () => takeBack), session.stream(sql, params))),
-    forgetPrepared: () => PreparedStatements.forget(prepared)
+  // The server's reports.
+
+  /** Every message the driver dispatches, ours or its own (streams), after the driver and the consumer saw it. */
+  private observe(message: PgProtocol.BackendMessage<unknown>): void {
+    if (message._tag === "ReadyForQuery") this.lastStatus = message.status
+    else if (message._tag === "ParameterStatus") this.reports.add(message.name)
+  }
+
+  takeReports(): ReadonlyArray<string> {
+    if (this.reports.size === 0) return []
+    const names = Array.from(this.reports)
+    this.reports.clear()
+    return names
   }
 }
 
