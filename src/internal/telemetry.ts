@@ -21,7 +21,7 @@ export type TenantTelemetry = "plain" | "hashed" | "off"
 /** Why a request was turned away. @internal */
 export type Rejection = "saturated" | "tenant_quota" | "circuit_open" | "timeout"
 
-/** @internal */
+/** What the engine and the client record, each a synchronous update of the pool's series. @internal */
 export interface Recorder {
   readonly acquired: (tenant: string, waitMillis: number) => void
   readonly released: (useMillis: number) => void
@@ -43,7 +43,13 @@ export interface Recorder {
   readonly tenantName: (tenant: string) => string
 }
 
-/** @internal */
+/**
+ * One pool's recorder: its series are made here, once (those named by a
+ * tenant, a reason or an operation when it first occurs), with the pool's
+ * name among their attributes.
+ *
+ * @internal
+ */
 export const make = (options: {
   readonly poolName: string
   readonly tenantTelemetry: TenantTelemetry
@@ -51,70 +57,107 @@ export const make = (options: {
   readonly context: Context.Context<never>
   readonly operationAttributes: Readonly<Record<string, string>>
 }): Recorder => {
-  const { context } = options
-  const pool = { [poolNameAttribute]: options.poolName }
-  const idle = metrics.connectionCount({ ...pool, "db.client.connection.state": "idle" })
-  const used = metrics.connectionCount({ ...pool, "db.client.connection.state": "used" })
-  const pending = metrics.pendingRequests(pool)
+  const pool: Attributes = { [poolNameAttribute]: options.poolName }
+  const tenants = tenantNames(options.tenantTelemetry, options.tenantMetricsLimit)
+  return {
+    ...durations(pool, options.context, options.operationAttributes, tenants.tenantLabel),
+    ...events(pool, options.context, tenants.tenantLabel),
+    sample: sampler(pool, options.context),
+    ...tenants
+  }
+}
+
+/** The attributes of a series. */
+type Attributes = Readonly<Record<string, string>>
+
+type Series = Metric.Metric<number, unknown>
+
+/** The series under `key`, made on first use: those named by a tenant or an operation exist only once it occurs. */
+const cached = (cache: Map<string, Series>, key: string, make: () => Series): Series => {
+  let series = cache.get(key)
+  if (series === undefined) cache.set(key, series = make())
+  return series
+}
+
+/** How tenants are named: as labels of series (a bounded number of them), and in errors and logs. */
+const tenantNames = (telemetry: TenantTelemetry, limit: number): Pick<Recorder, "tenantLabel" | "tenantName"> => {
+  const hash = (tenant: string) => createHash("sha256").update(tenant).digest("hex").slice(0, 16)
+  const labels = new Map<string, string>()
+  return {
+    tenantLabel: (tenant) => {
+      if (telemetry === "off" || tenant === "") return undefined
+      const known = labels.get(tenant)
+      if (known !== undefined) return known
+      // Telemetry names at most a bounded number of tenants; a flood of ids shares one label, unhashed.
+      if (labels.size >= limit) return "other"
+      const label = telemetry === "plain" ? tenant : hash(tenant)
+      labels.set(tenant, label)
+      return label
+    },
+    tenantName: (tenant) =>
+      telemetry === "plain" ? JSON.stringify(tenant.slice(0, 80)) : telemetry === "hashed" ? `#${hash(tenant)}` : "(hidden)"
+  }
+}
+
+/** The histograms: how long callers waited, held a connection, an opening took, an operation ran. */
+const durations = (
+  pool: Attributes,
+  context: Context.Context<never>,
+  operationAttributes: Attributes,
+  tenantLabel: Recorder["tenantLabel"]
+): Pick<Recorder, "acquired" | "released" | "created" | "operation"> => {
   const waitTime = metrics.waitTime(pool)
   const useTime = metrics.useTime(pool)
   const createTime = metrics.createTime(pool)
-  const timeouts = metrics.timeouts(pool)
-  const leaks = metrics.leaks(pool)
-  const circuitOpen = metrics.circuitOpen(pool)
-  const connectionLimit = metrics.connectionLimit(pool)
-  const limitChanges = new Map<string, Metric.Metric<number, unknown>>()
-  const rejections = new Map<string, Metric.Metric<number, unknown>>()
-  const operations = new Map<string, Metric.Metric<number, unknown>>()
-  const tenantWaits = new Map<string, Metric.Metric<number, unknown>>()
-  const tenantRejections = new Map<string, Metric.Metric<number, unknown>>()
-
-  const hash = (tenant: string) => createHash("sha256").update(tenant).digest("hex").slice(0, 16)
-  const labels = new Map<string, string>()
-  const tenantLabel = (tenant: string): string | undefined => {
-    if (options.tenantTelemetry === "off" || tenant === "") return undefined
-    const known = labels.get(tenant)
-    if (known !== undefined) return known
-    // Telemetry names at most a bounded number of tenants; a flood of ids shares one label, unhashed.
-    if (labels.size >= options.tenantMetricsLimit) return "other"
-    const label = options.tenantTelemetry === "plain" ? tenant : hash(tenant)
-    labels.set(tenant, label)
-    return label
-  }
-
-  const series = (
-    cache: Map<string, Metric.Metric<number, unknown>>,
-    key: string,
-    make: () => Metric.Metric<number, unknown>
-  ) => {
-    let metric = cache.get(key)
-    if (metric === undefined) cache.set(key, metric = make())
-    return metric
-  }
-
-  const maxSeries = metrics.max(pool)
-  const idleMaxSeries = metrics.idleMax(pool)
-  const idleMinSeries = metrics.idleMin(pool)
-  let last = { idle: 0, used: 0, pending: 0, max: 0, min: 0 }
-
+  const tenantWaits = new Map<string, Series>()
+  const operations = new Map<string, Series>()
   return {
     acquired: (tenant, waitMillis) => {
       waitTime.updateUnsafe(waitMillis / 1_000, context)
       const label = tenantLabel(tenant)
       if (label !== undefined) {
-        series(tenantWaits, label, () => metrics.tenantWaitTime({ ...pool, [tenantAttribute]: label }))
+        cached(tenantWaits, label, () => metrics.tenantWaitTime({ ...pool, [tenantAttribute]: label }))
           .updateUnsafe(waitMillis / 1_000, context)
       }
     },
     released: (useMillis) => useTime.updateUnsafe(useMillis / 1_000, context),
     created: (millis) => createTime.updateUnsafe(millis / 1_000, context),
+    operation: (operationName, seconds, errorType) =>
+      cached(
+        operations,
+        `${operationName}\u0000${errorType ?? ""}`,
+        () =>
+          metrics.operationDuration({
+            ...pool,
+            ...operationAttributes,
+            "db.operation.name": operationName,
+            ...(errorType === undefined ? {} : { "error.type": errorType })
+          })
+      ).updateUnsafe(seconds, context)
+  }
+}
+
+/** The counters and gauges of what happened: rejections, leaks, the circuit, the connection limit. */
+const events = (
+  pool: Attributes,
+  context: Context.Context<never>,
+  tenantLabel: Recorder["tenantLabel"]
+): Pick<Recorder, "rejected" | "leaked" | "circuit" | "limit"> => {
+  const timeouts = metrics.timeouts(pool)
+  const leaks = metrics.leaks(pool)
+  const circuitOpen = metrics.circuitOpen(pool)
+  const connectionLimit = metrics.connectionLimit(pool)
+  const rejections = new Map<string, Series>()
+  const tenantRejections = new Map<string, Series>()
+  const limitChanges = new Map<string, Series>()
+  return {
     rejected: (reason, tenant) => {
       if (reason === "timeout") timeouts.updateUnsafe(1, context)
-      series(rejections, reason, () => metrics.rejections({ ...pool, "meshhook.pool.rejection.reason": reason }))
+      cached(rejections, reason, () => metrics.rejections({ ...pool, "meshhook.pool.rejection.reason": reason }))
         .updateUnsafe(1, context)
       const label = tenantLabel(tenant)
       if (label !== undefined) {
-        series(
+        cached(
           tenantRejections,
           `${label}\u0000${reason}`,
           () => metrics.tenantRejections({ ...pool, [tenantAttribute]: label, "meshhook.pool.rejection.reason": reason })
@@ -126,38 +169,34 @@ export const make = (options: {
     limit: (limit, kind) => {
       connectionLimit.updateUnsafe(limit, context)
       if (kind !== undefined) {
-        series(limitChanges, kind, () => metrics.limitChanges({ ...pool, "meshhook.pool.limit.change": kind }))
+        cached(limitChanges, kind, () => metrics.limitChanges({ ...pool, "meshhook.pool.limit.change": kind }))
           .updateUnsafe(1, context)
       }
-    },
-    operation: (operationName, seconds, errorType) =>
-      series(
-        operations,
-        `${operationName}\u0000${errorType ?? ""}`,
-        () =>
-          metrics.operationDuration({
-            ...pool,
-            ...options.operationAttributes,
-            "db.operation.name": operationName,
-            ...(errorType === undefined ? {} : { "error.type": errorType })
-          })
-      ).updateUnsafe(seconds, context),
-    sample: (stats) => {
-      const now = { idle: stats.idle, used: stats.used, pending: stats.pending, max: stats.max, min: stats.min }
-      idle.updateUnsafe(now.idle - last.idle, context)
-      used.updateUnsafe(now.used - last.used, context)
-      pending.updateUnsafe(now.pending - last.pending, context)
-      maxSeries.updateUnsafe(now.max - last.max, context)
-      idleMaxSeries.updateUnsafe(now.max - last.max, context)
-      idleMinSeries.updateUnsafe(now.min - last.min, context)
-      last = now
-    },
-    tenantLabel,
-    tenantName: (tenant) =>
-      options.tenantTelemetry === "plain"
-        ? JSON.stringify(tenant.slice(0, 80))
-        : options.tenantTelemetry === "hashed"
-        ? `#${hash(tenant)}`
-        : "(hidden)"
+    }
+  }
+}
+
+/**
+ * The count series (connections by state, pending requests, the bounds),
+ * brought up to date with the pool's counts by adding the difference since
+ * the last sample.
+ */
+const sampler = (pool: Attributes, context: Context.Context<never>): Recorder["sample"] => {
+  const idle = metrics.connectionCount({ ...pool, "db.client.connection.state": "idle" })
+  const used = metrics.connectionCount({ ...pool, "db.client.connection.state": "used" })
+  const pending = metrics.pendingRequests(pool)
+  const maxSeries = metrics.max(pool)
+  const idleMaxSeries = metrics.idleMax(pool)
+  const idleMinSeries = metrics.idleMin(pool)
+  let last = { idle: 0, used: 0, pending: 0, max: 0, min: 0 }
+  return (stats) => {
+    const now = { idle: stats.idle, used: stats.used, pending: stats.pending, max: stats.max, min: stats.min }
+    idle.updateUnsafe(now.idle - last.idle, context)
+    used.updateUnsafe(now.used - last.used, context)
+    pending.updateUnsafe(now.pending - last.pending, context)
+    maxSeries.updateUnsafe(now.max - last.max, context)
+    idleMaxSeries.updateUnsafe(now.max - last.max, context)
+    idleMinSeries.updateUnsafe(now.min - last.min, context)
+    last = now
   }
 }
