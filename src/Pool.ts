@@ -120,9 +120,28 @@ export const makeWithConnector = Effect.fnUntraced(function*(
 > {
   const resolved = yield* PoolConfig.resolve(options)
   const context = yield* Effect.context<never>()
-  const runFork = Effect.runForkWith(context)
-  const log = (effect: Effect.Effect<void>) => void runFork(Effect.annotateLogs(effect, { pool: resolved.name }))
-  const recorder = Telemetry.make({
+  const recorder = recorderFor(resolved, context)
+  const session = sessionPins(resolved)
+  const connector = connectorFor(resolved, session.init)
+  const engine = yield* Engine.make(connector, {
+    ...resolved,
+    tenantName: recorder.tenantName,
+    connectRetry: backoff(resolved.connectRetryBase, resolved.connectRetryMax),
+    probeRetry: Schedule.spaced(Duration.millis(resolved.circuitProbeInterval)).pipe(Schedule.jittered),
+    events: engineEvents(recorder, resolved.name, context)
+  })
+  yield* connectionLimit(resolved, engine, recorder)
+  yield* followCounts(engine, recorder)
+  const sql = yield* SqlClientImpl.make(engine, resolved, recorder, connector.cancel, session.pins)
+  const listener = yield* Listener.make(resolved.connection)
+  const { connection: _, ...visible } = resolved
+  const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
+  return { pool, sql: PgClientService.make(sql, resolved, listener) }
+})
+
+/** The pool's metrics recorder; operations carry the attributes that say which database they ran on. */
+const recorderFor = (resolved: PoolConfig.Resolved, context: Context.Context<never>): Telemetry.Recorder =>
+  Telemetry.make({
     poolName: resolved.name,
     tenantTelemetry: resolved.tenantTelemetry,
     tenantMetricsLimit: resolved.tenantMetricsLimit,
@@ -134,34 +153,49 @@ export const makeWithConnector = Effect.fnUntraced(function*(
       "server.port": String(resolved.port)
     }
   })
-  const session = sessionPins(resolved)
-  const connector = connectorFor(resolved, session.init)
-  const engine = yield* Engine.make(connector, {
-    ...resolved,
-    tenantName: recorder.tenantName,
-    connectRetry: backoff(resolved.connectRetryBase, resolved.connectRetryMax),
-    probeRetry: Schedule.spaced(Duration.millis(resolved.circuitProbeInterval)).pipe(Schedule.jittered),
-    events: {
-      acquired: recorder.acquired,
-      released: recorder.released,
-      created: recorder.created,
-      rejected: recorder.rejected,
-      leaked: (heldMillis, origin) => {
-        recorder.leaked()
-        log(Effect.logWarning(`A connection has been held for ${heldMillis} ms (leakDetectionThreshold); taken at: ${origin ?? "unknown"}`))
-      },
-      circuitOpened: (reason) => {
-        recorder.circuit(true)
-        log(Effect.logWarning(`Circuit opened: ${reason}; callers now fail fast`))
-      },
-      circuitClosed: (downMillis) => {
-        recorder.circuit(false)
-        log(Effect.logInfo(`Circuit closed: the database answers again after ${downMillis} ms`))
-      }
+
+/** What the engine reports: every event as metrics, and those an operator must hear of as log lines too. */
+const engineEvents = (
+  recorder: Telemetry.Recorder,
+  poolName: string,
+  context: Context.Context<never>
+): Engine.EngineEvents => {
+  // The engine reports from plain callbacks, not from a fiber: each log line runs in a fiber of its own.
+  const runFork = Effect.runForkWith(context)
+  const log = (effect: Effect.Effect<void>) => void runFork(Effect.annotateLogs(effect, { pool: poolName }))
+  return {
+    acquired: recorder.acquired,
+    released: recorder.released,
+    created: recorder.created,
+    rejected: recorder.rejected,
+    leaked: (heldMillis, origin) => {
+      recorder.leaked()
+      log(Effect.logWarning(`A connection has been held for ${heldMillis} ms (leakDetectionThreshold); taken at: ${origin ?? "unknown"}`))
+    },
+    circuitOpened: (reason) => {
+      recorder.circuit(true)
+      log(Effect.logWarning(`Circuit opened: ${reason}; callers now fail fast`))
+    },
+    circuitClosed: (downMillis) => {
+      recorder.circuit(false)
+      log(Effect.logInfo(`Circuit closed: the database answers again after ${downMillis} ms`))
     }
-  })
-  recorder.limit(resolved.max, undefined)
-  if (resolved.sizing === "adaptive") {
+  }
+}
+
+/**
+ * The connection limit: `max`, or with adaptive sizing whatever the
+ * controller sets every `sizingInterval` from the engine's sample (each
+ * change recorded and logged).
+ */
+const connectionLimit = (
+  resolved: PoolConfig.Resolved,
+  engine: Engine.Engine<Wire.Wire>,
+  recorder: Telemetry.Recorder
+): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.suspend(() => {
+    recorder.limit(resolved.max, undefined)
+    if (resolved.sizing !== "adaptive") return Effect.void
     const controller = Sizing.make({ min: resolved.min, max: resolved.max })
     const adjust = Effect.suspend(() => {
       const change = controller.next(engine.sample())
@@ -172,17 +206,15 @@ export const makeWithConnector = Effect.fnUntraced(function*(
         Effect.annotateLogs({ pool: resolved.name })
       )
     })
-    yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(resolved.sizingInterval), adjust)))
-  }
-  // The count series follow the pool's counts once a second, and drop to zero when it closes.
-  yield* Effect.addFinalizer(() => Effect.sync(() => recorder.sample({ idle: 0, used: 0, pending: 0, max: 0, min: 0 })))
-  yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sync(() => recorder.sample(engine.stats())), Effect.sleep(1_000))))
-  const sql = yield* SqlClientImpl.make(engine, resolved, recorder, connector.cancel, session.pins)
-  const listener = yield* Listener.make(resolved.connection)
-  const { connection: _, ...visible } = resolved
-  const pool = Pool.of({ options: visible, stats: Effect.sync(engine.stats) })
-  return { pool, sql: PgClientService.make(sql, resolved, listener) }
-})
+    return Effect.asVoid(Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(resolved.sizingInterval), adjust))))
+  })
+
+/** The count series follow the pool's counts once a second, and drop to zero when it closes. */
+const followCounts = (engine: Engine.Engine<Wire.Wire>, recorder: Telemetry.Recorder): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.andThen(
+    Effect.addFinalizer(() => Effect.sync(() => recorder.sample({ idle: 0, used: 0, pending: 0, max: 0, min: 0 }))),
+    Effect.asVoid(Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sync(() => recorder.sample(engine.stats())), Effect.sleep(1_000)))))
+  )
 
 /**
  * What every transaction pins (./internal/postgres/prologue.ts), and the session each
