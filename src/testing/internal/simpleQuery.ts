@@ -71,8 +71,9 @@ const orThrow = <A>(result: Result.Result<A, { readonly message: string }>): A =
   return result.success
 }
 
-interface Pending {
-  readonly resolve: (rows: Array<Row>) => void
+/** Who waits for the server: the caller of `connect` until the login completes, then of each `query`. */
+interface Waiting<A> {
+  readonly resolve: (value: A) => void
   readonly reject: (error: Error) => void
 }
 
@@ -83,127 +84,154 @@ interface Pending {
  * @internal
  */
 export const connect = (target: Target, timeoutMillis = 5_000): Promise<Session> =>
-  new Promise((resolveLogin, rejectLogin) => {
-    const socket = Net.connect({ host: target.host, port: target.port })
-    const parser = PgProtocol.makeParser()
-    const decoder = new TextDecoder()
-    let scram: PgAuth.ScramState | undefined
-    let columns: Array<string> = []
-    let rows: Array<Row> = []
-    let error: ServerError | undefined
-    let loggedIn = false
-    let closed: Error | undefined
-    let pending: Pending | undefined
+  new Promise((resolve, reject) => void new Connection(target, timeoutMillis, { resolve, reject }))
 
-    const fail = (cause: Error) => {
-      closed ??= cause
-      clearTimeout(loginTimer)
-      socket.destroy()
-      const waiting = pending
-      pending = undefined
-      if (!loggedIn) rejectLogin(cause)
-      waiting?.reject(cause)
-    }
-    const loginTimer = setTimeout(() => fail(new Error(`No login within ${timeoutMillis} ms`)), timeoutMillis)
+/** One connection: the login, then one command at a time, and the messages that answer them. */
+class Connection implements Session {
+  private readonly socket: Net.Socket
+  private readonly parser = PgProtocol.makeParser()
+  private readonly decoder = new TextDecoder()
+  private readonly target: Target
+  private readonly login: Waiting<Session>
+  private readonly loginTimer: ReturnType<typeof setTimeout>
+  private loggedIn = false
+  private scram: PgAuth.ScramState | undefined
+  /** The command running, and what its answer has brought so far. */
+  private pending: Waiting<Array<Row>> | undefined
+  private columns: Array<string> = []
+  private rows: Array<Row> = []
+  private error: ServerError | undefined
+  /** Why nothing more can be sent, once the connection failed or was closed. */
+  private closed: Error | undefined
 
-    const session: Session = {
-      query: (command, queryTimeout = 5_000) =>
-        new Promise((resolve, reject) => {
-          if (closed !== undefined) return reject(closed)
-          if (pending !== undefined) return reject(new Error("One command at a time"))
-          const timer = setTimeout(() => fail(new Error(`No answer to ${JSON.stringify(command)} within ${queryTimeout} ms`)), queryTimeout)
-          pending = {
-            resolve: (value) => {
-              clearTimeout(timer)
-              resolve(value)
-            },
-            reject: (cause) => {
-              clearTimeout(timer)
-              reject(cause)
-            }
-          }
-          columns = []
-          rows = []
-          error = undefined
-          socket.write(encodeQuery(command))
-        }),
-      close: () => {
-        if (closed !== undefined) return
-        closed = new Error("The session is closed")
-        if (socket.writable) socket.end(PgProtocol.encodeTerminate())
-        else socket.destroy()
-      }
-    }
-
-    const onMessage = (message: PgProtocol.BackendMessage) => {
-      switch (message._tag) {
-        case "AuthenticationCleartextPassword":
-          socket.write(PgProtocol.encodePasswordMessage({ password: target.password }))
-          return
-        case "AuthenticationMD5Password":
-          socket.write(PgProtocol.encodePasswordMessage({
-            password: orThrow(PgAuth.md5Password({ user: target.user, password: target.password, salt: message.salt }))
-          }))
-          return
-        case "AuthenticationSASL": {
-          const init = orThrow(PgAuth.scramInit({ password: target.password, nonce: randomBytes(18).toString("base64") }))
-          scram = init.state
-          socket.write(PgProtocol.encodeSASLInitialResponse({ mechanism: PgAuth.SCRAM_SHA_256, initialResponse: init.response }))
-          return
-        }
-        case "AuthenticationSASLContinue": {
-          if (scram?._tag !== "ScramFirst") throw new Error("Unexpected SCRAM challenge")
-          const next = orThrow(PgAuth.scramContinue(scram, message.data))
-          scram = next.state
-          socket.write(PgProtocol.encodeSASLResponse({ data: next.response }))
-          return
-        }
-        case "AuthenticationSASLFinal":
-          if (scram?._tag !== "ScramFinal") throw new Error("Unexpected SCRAM final message")
-          orThrow(PgAuth.scramFinish(scram, message.data))
-          return
-        case "RowDescription":
-          columns = message.fields.map((field) => field.name)
-          rows = []
-          return
-        case "DataRow":
-          rows.push(Object.fromEntries(
-            message.values.map((value, i) => [columns[i], value === null ? null : decoder.decode(value)])
-          ))
-          return
-        case "ErrorResponse":
-          error = serverError(message.fields)
-          // A FATAL error, or any error before the login completed, ends the connection.
-          if (!loggedIn || error.severity === "FATAL") fail(error)
-          return
-        case "ReadyForQuery": {
-          if (!loggedIn) {
-            loggedIn = true
-            clearTimeout(loginTimer)
-            resolveLogin(session)
-            return
-          }
-          const waiting = pending
-          pending = undefined
-          if (error !== undefined) waiting?.reject(error)
-          else waiting?.resolve(rows)
-          return
-        }
-        default:
-          return
-      }
-    }
+  constructor(target: Target, timeoutMillis: number, login: Waiting<Session>) {
+    this.target = target
+    this.login = login
+    const socket = this.socket = Net.connect({ host: target.host, port: target.port })
+    this.loginTimer = setTimeout(() => this.fail(new Error(`No login within ${timeoutMillis} ms`)), timeoutMillis)
     socket.once("connect", () => socket.write(PgProtocol.encodeStartupMessage({ user: target.user, database: target.database })))
     socket.on("data", (chunk) => {
       try {
-        parser.pushEach(chunk, onMessage)
+        this.parser.pushEach(chunk, (message) => this.onMessage(message))
       } catch (cause) {
-        fail(cause instanceof Error ? cause : new Error(String(cause)))
+        this.fail(cause instanceof Error ? cause : new Error(String(cause)))
       }
     })
-    socket.once("error", (cause) => fail(cause))
-    socket.once("close", () => fail(new Error("The connection closed")))
-  })
+    socket.once("error", (cause) => this.fail(cause))
+    socket.once("close", () => this.fail(new Error("The connection closed")))
+  }
+
+  query(command: string, timeoutMillis = 5_000): Promise<Array<Row>> {
+    return new Promise((resolve, reject) => {
+      if (this.closed !== undefined) return reject(this.closed)
+      if (this.pending !== undefined) return reject(new Error("One command at a time"))
+      const timer = setTimeout(
+        () => this.fail(new Error(`No answer to ${JSON.stringify(command)} within ${timeoutMillis} ms`)),
+        timeoutMillis
+      )
+      this.pending = {
+        resolve: (value) => {
+          clearTimeout(timer)
+          resolve(value)
+        },
+        reject: (cause) => {
+          clearTimeout(timer)
+          reject(cause)
+        }
+      }
+      this.columns = []
+      this.rows = []
+      this.error = undefined
+      this.socket.write(encodeQuery(command))
+    })
+  }
+
+  close(): void {
+    if (this.closed !== undefined) return
+    this.closed = new Error("The session is closed")
+    if (this.socket.writable) this.socket.end(PgProtocol.encodeTerminate())
+    else this.socket.destroy()
+  }
+
+  /** Ends the connection: the login, or the command waiting, fails with `cause`. */
+  private fail(cause: Error): void {
+    this.closed ??= cause
+    clearTimeout(this.loginTimer)
+    this.socket.destroy()
+    const waiting = this.pending
+    this.pending = undefined
+    if (!this.loggedIn) this.login.reject(cause)
+    waiting?.reject(cause)
+  }
+
+  private onMessage(message: PgProtocol.BackendMessage): void {
+    switch (message._tag) {
+      case "RowDescription":
+        this.columns = message.fields.map((field) => field.name)
+        this.rows = []
+        return
+      case "DataRow":
+        this.rows.push(Object.fromEntries(
+          message.values.map((value, i) => [this.columns[i], value === null ? null : this.decoder.decode(value)])
+        ))
+        return
+      case "ErrorResponse":
+        this.error = serverError(message.fields)
+        // A FATAL error, or any error before the login completed, ends the connection.
+        if (!this.loggedIn || this.error.severity === "FATAL") this.fail(this.error)
+        return
+      case "ReadyForQuery":
+        return this.ready()
+      default:
+        return this.authenticate(message)
+    }
+  }
+
+  /** The server is ready: the login is done, or the command is answered. */
+  private ready(): void {
+    if (!this.loggedIn) {
+      this.loggedIn = true
+      clearTimeout(this.loginTimer)
+      return this.login.resolve(this)
+    }
+    const waiting = this.pending
+    this.pending = undefined
+    if (this.error !== undefined) waiting?.reject(this.error)
+    else waiting?.resolve(this.rows)
+  }
+
+  /** Answers the server's authentication requests; other messages are of no interest here. */
+  private authenticate(message: PgProtocol.BackendMessage): void {
+    const { password, user } = this.target
+    switch (message._tag) {
+      case "AuthenticationCleartextPassword":
+        return this.send(PgProtocol.encodePasswordMessage({ password }))
+      case "AuthenticationMD5Password":
+        return this.send(PgProtocol.encodePasswordMessage({
+          password: orThrow(PgAuth.md5Password({ user, password, salt: message.salt }))
+        }))
+      case "AuthenticationSASL": {
+        const init = orThrow(PgAuth.scramInit({ password, nonce: randomBytes(18).toString("base64") }))
+        this.scram = init.state
+        return this.send(PgProtocol.encodeSASLInitialResponse({ mechanism: PgAuth.SCRAM_SHA_256, initialResponse: init.response }))
+      }
+      case "AuthenticationSASLContinue": {
+        if (this.scram?._tag !== "ScramFirst") throw new Error("Unexpected SCRAM challenge")
+        const next = orThrow(PgAuth.scramContinue(this.scram, message.data))
+        this.scram = next.state
+        return this.send(PgProtocol.encodeSASLResponse({ data: next.response }))
+      }
+      case "AuthenticationSASLFinal":
+        if (this.scram?._tag !== "ScramFinal") throw new Error("Unexpected SCRAM final message")
+        orThrow(PgAuth.scramFinish(this.scram, message.data))
+        return
+    }
+  }
+
+  private send(bytes: Uint8Array): void {
+    this.socket.write(bytes)
+  }
+}
 
 /**
  * Connects, runs one command, and disconnects.
