@@ -56,12 +56,11 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import { type ChildProcess, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
 import * as Path from "node:path"
-import { freePort, isAlive, type RunAs, runAsUser as runAsAccount } from "./internal/process.ts"
-import { simpleQuery } from "./internal/simpleQuery.ts"
+import * as Process from "./internal/process.ts"
+import { simpleQuery, type Target } from "./internal/simpleQuery.ts"
 
 /**
  * Preparing, starting or stopping PgBouncer failed. `log` holds its last
@@ -214,31 +213,13 @@ export const findBinary = (explicit?: string): string | undefined => {
 }
 
 /** Who PgBouncer runs as: ourselves, or an unprivileged account when we are root. */
-const runAsUser = (): RunAs | undefined =>
-  runAsAccount((accounts) => new PgBouncerError({ message: `Running as root, and ${accounts} to run PgBouncer` }))
+const runAsUser = (): Process.RunAs | undefined =>
+  Process.runAsUser((accounts) => new PgBouncerError({ message: `Running as root, and ${accounts} to run PgBouncer` }))
 
 const dirPrefix = "meshhook-pgbouncer-"
 
-/**
- * Stops PgBouncers left behind by processes that died without stopping them,
- * and removes their directories. Each directory names its owner's PID and
- * PgBouncer's.
- */
-const reapOrphans = (): void => {
-  for (const name of Fs.readdirSync(Os.tmpdir())) {
-    if (!name.startsWith(dirPrefix)) continue
-    const root = Path.join(Os.tmpdir(), name)
-    try {
-      const owner = Number(Fs.readFileSync(Path.join(root, "owner"), "utf8"))
-      if (isAlive(owner)) continue
-      const pid = Number(Fs.readFileSync(Path.join(root, "pgbouncer.pid"), "utf8"))
-      if (pid > 0 && isAlive(pid)) process.kill(pid, "SIGKILL")
-    } catch {
-      // No owner or no running PgBouncer: only the directory is left.
-    }
-    Fs.rmSync(root, { recursive: true, force: true })
-  }
-}
+/** The PID of the PgBouncer whose files are in `root`, as its start wrote it. */
+const bouncerPid = (root: string): number => Number(Fs.readFileSync(Path.join(root, "pgbouncer.pid"), "utf8"))
 
 const seconds = (input: Duration.Input): string => {
   const millis = Math.round(Duration.toMillis(Duration.fromInputUnsafe(input)))
@@ -295,19 +276,14 @@ const configFile = (upstream: Upstream, settings: Record<string, string | number
   return `${lines.join("\n")}\n`
 }
 
-interface Running {
-  readonly child: ChildProcess
-  readonly exited: Promise<void>
-}
-
 /** Starts `pgbouncer` and resolves once it listens. */
 const launch = (
   binary: string,
   config: string,
-  runAs: RunAs | undefined,
+  runAs: Process.RunAs | undefined,
   onLog: (chunk: string) => void,
   recentLog: () => string
-): Promise<Running> =>
+): Promise<Process.Running> =>
   new Promise((resolve, reject) => {
     const child = spawn(binary, [config], {
       ...runAs,
@@ -336,14 +312,6 @@ const launch = (
     })
   })
 
-const terminate = async (running: Running, signal: NodeJS.Signals): Promise<void> => {
-  if (running.child.exitCode !== null || running.child.signalCode !== null) return
-  running.child.kill(signal)
-  const timer = setTimeout(() => running.child.kill("SIGKILL"), 10_000)
-  await running.exited
-  clearTimeout(timer)
-}
-
 const fail = (message: string) => (cause: unknown) =>
   cause instanceof PgBouncerError ? cause : new PgBouncerError({ message, cause })
 
@@ -357,87 +325,16 @@ export const make = (options: Options): Effect.Effect<PgBouncer, PgBouncerError,
   Effect.gen(function*() {
     const upstream = options.upstream
     const superPassword = Redacted.isRedacted(upstream.password) ? Redacted.value(upstream.password) : upstream.password
-    const port = yield* Effect.promise(freePort)
-    const setup = yield* Effect.try({
-      try: () => {
-        const binary = findBinary(options.binary)
-        if (binary === undefined) {
-          const chosen = options.binary ?? process.env.MESHHOOK_PGBOUNCER_BIN
-          throw new PgBouncerError({
-            message: chosen !== undefined && chosen !== ""
-              ? `${chosen} is not an executable pgbouncer`
-              : "No pgbouncer binary: install Debian's pgbouncer package, or set MESHHOOK_PGBOUNCER_BIN"
-          })
-        }
-        const runAs = runAsUser()
-        reapOrphans()
-        const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), dirPrefix))
-        Fs.chmodSync(root, 0o755)
-        Fs.writeFileSync(Path.join(root, "owner"), String(process.pid))
-        const authFile = Path.join(root, "userlist.txt")
-        const config = Path.join(root, "pgbouncer.ini")
-        Fs.writeFileSync(authFile, `${quoted(upstream.user)} ${quoted(superPassword)}\n`, { mode: 0o600 })
-        Fs.writeFileSync(config, configFile(upstream, settingsOf(options, port, authFile)), { mode: 0o600 })
-        if (runAs !== undefined) {
-          for (const file of [authFile, config]) Fs.chownSync(file, runAs.uid, runAs.gid)
-        }
-        return { binary, runAs, root, config }
-      },
-      catch: fail("Cannot prepare PgBouncer's directory")
-    })
-    yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(setup.root, { recursive: true, force: true })))
-
-    let log = ""
-    const onLog = (chunk: string) => {
-      log = (log + chunk).slice(-16_000)
-    }
-    let running: Running | undefined
-
-    const start = Effect.tryPromise({
-      try: async () => {
-        if (running !== undefined) return
-        const current = await launch(setup.binary, setup.config, setup.runAs, onLog, () => log)
-        running = current
-        Fs.writeFileSync(Path.join(setup.root, "pgbouncer.pid"), String(current.child.pid))
-        void current.exited.then(() => {
-          if (running === current) running = undefined
-        })
-      },
-      catch: fail("Cannot start pgbouncer")
-    })
-    const stopWith = (signal: NodeJS.Signals) =>
-      Effect.tryPromise({
-        try: async () => {
-          const current = running
-          running = undefined
-          if (current !== undefined) await terminate(current, signal)
-        },
-        catch: fail("Cannot stop pgbouncer")
-      })
-    const stop = stopWith("SIGTERM")
-    yield* Effect.acquireRelease(start, () => Effect.orDie(stop))
-
+    const port = yield* Effect.promise(Process.freePort)
+    const setup = yield* prepare(options, port, superPassword)
+    const bouncer = yield* bouncerProcess(setup)
     const host = "127.0.0.1"
-    const url: PgBouncer["url"] = (target = {}) =>
-      Redacted.make(
-        `postgres://${encodeURIComponent(target.user ?? upstream.user)}:${
-          encodeURIComponent(target.password ?? superPassword)
-        }@${host}:${port}/${encodeURIComponent(target.database ?? "postgres")}`
-      )
-    const admin: PgBouncer["admin"] = (command) =>
-      Effect.tryPromise({
-        try: () => simpleQuery({ host, port, user: upstream.user, password: superPassword, database: "pgbouncer" }, command),
-        catch: fail(`PgBouncer admin command failed: ${command}`)
-      })
+    const admin = adminConsole({ host, port, user: upstream.user, password: superPassword, database: "pgbouncer" })
     return {
       host,
       port,
-      url,
-      stop,
-      kill: stopWith("SIGKILL"),
-      start,
-      pid: () => running?.child.pid,
-      log: () => log,
+      url: Process.urls(host, port, upstream.user, superPassword),
+      ...bouncer,
       admin,
       serverConnections: (filter = {}) =>
         Effect.map(admin("SHOW POOLS"), (rows) =>
@@ -451,3 +348,91 @@ export const make = (options: Options): Effect.Effect<PgBouncer, PgBouncerError,
     } satisfies PgBouncer
   })
 
+/** What PgBouncer runs from, and as. */
+interface Setup {
+  readonly binary: string
+  readonly runAs: Process.RunAs | undefined
+  readonly root: string
+  readonly config: string
+}
+
+/** The binary, and a directory with PgBouncer's configuration and `auth_file` in it, removed when the scope closes. */
+const prepare = (options: Options, port: number, superPassword: string): Effect.Effect<Setup, PgBouncerError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.try({
+      try: () => {
+        const binary = requireBinary(options.binary)
+        const runAs = runAsUser()
+        Process.reapOrphans(dirPrefix, bouncerPid, "SIGKILL")
+        const root = Process.ownedDirectory(dirPrefix)
+        const authFile = Path.join(root, "userlist.txt")
+        const config = Path.join(root, "pgbouncer.ini")
+        Fs.writeFileSync(authFile, `${quoted(options.upstream.user)} ${quoted(superPassword)}\n`, { mode: 0o600 })
+        Fs.writeFileSync(config, configFile(options.upstream, settingsOf(options, port, authFile)), { mode: 0o600 })
+        if (runAs !== undefined) {
+          for (const file of [authFile, config]) Fs.chownSync(file, runAs.uid, runAs.gid)
+        }
+        return { binary, runAs, root, config }
+      },
+      catch: fail("Cannot prepare PgBouncer's directory")
+    }),
+    (setup) => Effect.sync(() => Fs.rmSync(setup.root, { recursive: true, force: true }))
+  )
+
+/** The binary {@link findBinary} finds, or why there is none. */
+const requireBinary = (explicit: string | undefined): string => {
+  const binary = findBinary(explicit)
+  if (binary !== undefined) return binary
+  const chosen = explicit ?? process.env.MESHHOOK_PGBOUNCER_BIN
+  throw new PgBouncerError({
+    message: chosen !== undefined && chosen !== ""
+      ? `${chosen} is not an executable pgbouncer`
+      : "No pgbouncer binary: install Debian's pgbouncer package, or set MESHHOOK_PGBOUNCER_BIN"
+  })
+}
+
+/**
+ * The PgBouncer process: started now, stopped when the scope closes, and
+ * stopped, killed or started again on demand; its log kept across restarts.
+ */
+const bouncerProcess = (
+  setup: Setup
+): Effect.Effect<Pick<PgBouncer, "start" | "stop" | "kill" | "pid" | "log">, PgBouncerError, Scope.Scope> => {
+  let log = ""
+  const onLog = (chunk: string) => {
+    log = (log + chunk).slice(-16_000)
+  }
+  let running: Process.Running | undefined
+  const start = Effect.tryPromise({
+    try: async () => {
+      if (running !== undefined) return
+      const current = await launch(setup.binary, setup.config, setup.runAs, onLog, () => log)
+      running = current
+      // For a later run to stop it, should this process die without closing the scope.
+      Fs.writeFileSync(Path.join(setup.root, "pgbouncer.pid"), String(current.child.pid))
+      void current.exited.then(() => {
+        if (running === current) running = undefined
+      })
+    },
+    catch: fail("Cannot start pgbouncer")
+  })
+  const stopWith = (signal: NodeJS.Signals) =>
+    Effect.tryPromise({
+      try: async () => {
+        const current = running
+        running = undefined
+        if (current !== undefined) await Process.stop(current, signal, 10_000)
+      },
+      catch: fail("Cannot stop pgbouncer")
+    })
+  const stop = stopWith("SIGTERM")
+  const controls = { start, stop, kill: stopWith("SIGKILL"), pid: () => running?.child.pid, log: () => log }
+  return Effect.as(Effect.acquireRelease(start, () => Effect.orDie(stop)), controls)
+}
+
+/** Runs commands on the admin console, one connection each. */
+const adminConsole = (target: Target): PgBouncer["admin"] => (command) =>
+  Effect.tryPromise({
+    try: () => simpleQuery(target, command),
+    catch: fail(`PgBouncer admin command failed: ${command}`)
+  })

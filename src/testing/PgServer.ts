@@ -15,13 +15,13 @@ import * as Schema from "effect/Schema"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import { type ChildProcess, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { createRequire } from "node:module"
-import { freePort, isAlive, type RunAs, runAsUser as runAsAccount } from "./internal/process.ts"
+import * as Process from "./internal/process.ts"
 
 /**
  * Starting, stopping or preparing the throwaway server failed. `log` holds the
@@ -98,8 +98,8 @@ export class PgServerService extends Context.Service<PgServerService, PgServer>(
 const superuser = "postgres"
 
 /** Who the server runs as: ourselves, or an unprivileged account when we are root. */
-const runAsUser = (): RunAs | undefined =>
-  runAsAccount((accounts) => new PgServerError({ message: `Running as root, and ${accounts} to run PostgreSQL` }))
+const runAsUser = (): Process.RunAs | undefined =>
+  Process.runAsUser((accounts) => new PgServerError({ message: `Running as root, and ${accounts} to run PostgreSQL` }))
 
 const hasServerBinaries = (dir: string): boolean =>
   Fs.existsSync(Path.join(dir, "postgres")) && Fs.existsSync(Path.join(dir, "initdb"))
@@ -171,29 +171,12 @@ const findBinDir = (explicit: string | undefined): string => {
 
 const dataDirPrefix = "meshhook-pgdata-"
 
-/**
- * Stops servers left behind by processes that died without stopping them (a
- * test runner killed mid-run), and removes their directories. Each server's
- * directory names its owner's PID.
- */
-const reapOrphans = (): void => {
-  for (const name of Fs.readdirSync(Os.tmpdir())) {
-    if (!name.startsWith(dataDirPrefix)) continue
-    const root = Path.join(Os.tmpdir(), name)
-    try {
-      const owner = Number(Fs.readFileSync(Path.join(root, "owner"), "utf8"))
-      if (isAlive(owner)) continue
-      const postmaster = Number(Fs.readFileSync(Path.join(root, "data", "postmaster.pid"), "utf8").split("\n")[0])
-      if (postmaster > 0 && isAlive(postmaster)) process.kill(postmaster, "SIGQUIT")
-    } catch {
-      // No owner or no running server: only the directory is left.
-    }
-    Fs.rmSync(root, { recursive: true, force: true })
-  }
-}
+/** The PID of the server whose files are in `root`: the first line of its `postmaster.pid`. */
+const serverPid = (root: string): number =>
+  Number(Fs.readFileSync(Path.join(root, "data", "postmaster.pid"), "utf8").split("\n")[0])
 
 /** Runs a binary to completion as the server's account, keeping its output for errors (in a process group of its own, as the server). */
-const runTool = (file: string, args: ReadonlyArray<string>, runAs: RunAs | undefined): Promise<void> =>
+const runTool = (file: string, args: ReadonlyArray<string>, runAs: Process.RunAs | undefined): Promise<void> =>
   new Promise((resolve, reject) => {
     const child = spawn(file, args, { ...runAs, detached: true, stdio: ["ignore", "pipe", "pipe"], env: serverEnv() })
     let output = ""
@@ -217,19 +200,14 @@ const baseSettings = (options: Options): Record<string, string | number> => ({
   ...options.settings
 })
 
-interface Running {
-  readonly child: ChildProcess
-  readonly exited: Promise<void>
-}
-
 /** Starts `postgres` and resolves once it accepts connections. */
 const launch = (
   binDir: string,
   dataDir: string,
   port: number,
   settings: Record<string, string | number>,
-  runAs: RunAs | undefined
-): Promise<Running> =>
+  runAs: Process.RunAs | undefined
+): Promise<Process.Running> =>
   new Promise((resolve, reject) => {
     const args = ["-D", dataDir, "-p", String(port)]
     for (const [name, value] of Object.entries(settings)) args.push("-c", `${name}=${value}`)
@@ -266,14 +244,6 @@ const launch = (
     })
   })
 
-const shutdown = async (running: Running): Promise<void> => {
-  if (running.child.exitCode !== null || running.child.signalCode !== null) return
-  running.child.kill("SIGINT")
-  const timer = setTimeout(() => running.child.kill("SIGKILL"), 15_000)
-  await running.exited
-  clearTimeout(timer)
-}
-
 const fail = (message: string) => (cause: unknown) =>
   cause instanceof PgServerError ? cause : new PgServerError({ message, cause })
 
@@ -285,62 +255,10 @@ const fail = (message: string) => (cause: unknown) =>
  */
 export const make = (options: Options = {}): Effect.Effect<PgServer, PgServerError, Scope.Scope> =>
   Effect.gen(function*() {
-    const setup = yield* Effect.try({
-      try: () => {
-        const runAs = runAsUser()
-        const binDir = findBinDir(options.binDir)
-        reapOrphans()
-        const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), dataDirPrefix))
-        Fs.chmodSync(root, 0o755)
-        Fs.writeFileSync(Path.join(root, "owner"), String(process.pid))
-        const dataDir = Path.join(root, "data")
-        const passwordFile = Path.join(root, "password")
-        const password = randomBytes(18).toString("base64url")
-        Fs.writeFileSync(passwordFile, password, { mode: 0o600 })
-        if (runAs !== undefined) Fs.chownSync(passwordFile, runAs.uid, runAs.gid)
-        if (runAs !== undefined) Fs.chownSync(root, runAs.uid, runAs.gid)
-        return { runAs, binDir, root, dataDir, passwordFile, password }
-      },
-      catch: fail("Cannot prepare the server's directory")
-    })
-    yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(setup.root, { recursive: true, force: true })))
-    yield* Effect.tryPromise({
-      try: () =>
-        runTool(Path.join(setup.binDir, "initdb"), [
-          "-D",
-          setup.dataDir,
-          "-U",
-          superuser,
-          `--pwfile=${setup.passwordFile}`,
-          "--auth=scram-sha-256",
-          "--encoding=UTF8",
-          "--no-locale",
-          "--no-sync",
-          "--no-instructions"
-        ], setup.runAs),
-      catch: fail("initdb failed")
-    })
-    const port = yield* Effect.promise(freePort)
-    const settings = baseSettings(options)
-    let running: Running | undefined
-
-    const start = Effect.tryPromise({
-      try: async () => {
-        if (running !== undefined) return
-        running = await launch(setup.binDir, setup.dataDir, port, settings, setup.runAs)
-      },
-      catch: fail("Cannot start postgres")
-    })
-    const stop = Effect.tryPromise({
-      try: async () => {
-        const current = running
-        running = undefined
-        if (current !== undefined) await shutdown(current)
-      },
-      catch: fail("Cannot stop postgres")
-    })
-    yield* Effect.acquireRelease(start, () => Effect.orDie(stop))
-
+    const setup = yield* prepare(options.binDir)
+    yield* initdb(setup)
+    const port = yield* Effect.promise(Process.freePort)
+    const server = yield* serverProcess(setup, port, baseSettings(options))
     const host = "127.0.0.1"
     return {
       host,
@@ -348,14 +266,80 @@ export const make = (options: Options = {}): Effect.Effect<PgServer, PgServerErr
       user: superuser,
       password: Redacted.make(setup.password),
       database: "postgres",
-      url: (target = {}) =>
-        Redacted.make(
-          `postgres://${encodeURIComponent(target.user ?? superuser)}:${
-            encodeURIComponent(target.password ?? setup.password)
-          }@${host}:${port}/${encodeURIComponent(target.database ?? "postgres")}`
-        ),
-      stop,
-      start,
-      pid: () => running?.child.pid
+      url: Process.urls(host, port, superuser, setup.password),
+      ...server
     } satisfies PgServer
   })
+
+/** Where the server's files go, and what it runs as. */
+interface Setup {
+  readonly runAs: Process.RunAs | undefined
+  readonly binDir: string
+  readonly dataDir: string
+  readonly passwordFile: string
+  readonly password: string
+}
+
+/** The binaries, and a directory with the superuser's password in it (for `initdb`), removed when the scope closes. */
+const prepare = (binDir: string | undefined): Effect.Effect<Setup, PgServerError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.try({
+      try: () => {
+        const runAs = runAsUser()
+        const found = findBinDir(binDir)
+        Process.reapOrphans(dataDirPrefix, serverPid, "SIGQUIT")
+        const root = Process.ownedDirectory(dataDirPrefix)
+        const passwordFile = Path.join(root, "password")
+        const password = randomBytes(18).toString("base64url")
+        Fs.writeFileSync(passwordFile, password, { mode: 0o600 })
+        if (runAs !== undefined) Fs.chownSync(passwordFile, runAs.uid, runAs.gid)
+        if (runAs !== undefined) Fs.chownSync(root, runAs.uid, runAs.gid)
+        return { root, runAs, binDir: found, dataDir: Path.join(root, "data"), passwordFile, password }
+      },
+      catch: fail("Cannot prepare the server's directory")
+    }),
+    ({ root }) => Effect.sync(() => Fs.rmSync(root, { recursive: true, force: true }))
+  )
+
+const initdb = (setup: Setup): Effect.Effect<void, PgServerError> =>
+  Effect.tryPromise({
+    try: () =>
+      runTool(Path.join(setup.binDir, "initdb"), [
+        "-D",
+        setup.dataDir,
+        "-U",
+        superuser,
+        `--pwfile=${setup.passwordFile}`,
+        "--auth=scram-sha-256",
+        "--encoding=UTF8",
+        "--no-locale",
+        "--no-sync",
+        "--no-instructions"
+      ], setup.runAs),
+    catch: fail("initdb failed")
+  })
+
+/** The server process: started now, stopped (fast shutdown) when the scope closes, and either on demand. */
+const serverProcess = (
+  setup: Setup,
+  port: number,
+  settings: Record<string, string | number>
+): Effect.Effect<Pick<PgServer, "start" | "stop" | "pid">, PgServerError, Scope.Scope> => {
+  let running: Process.Running | undefined
+  const start = Effect.tryPromise({
+    try: async () => {
+      if (running !== undefined) return
+      running = await launch(setup.binDir, setup.dataDir, port, settings, setup.runAs)
+    },
+    catch: fail("Cannot start postgres")
+  })
+  const stop = Effect.tryPromise({
+    try: async () => {
+      const current = running
+      running = undefined
+      if (current !== undefined) await Process.stop(current, "SIGINT", 15_000)
+    },
+    catch: fail("Cannot stop postgres")
+  })
+  return Effect.as(Effect.acquireRelease(start, () => Effect.orDie(stop)), { start, stop, pid: () => running?.child.pid })
+}
