@@ -183,11 +183,7 @@ export const createDatabase = (
 ): Effect.Effect<TestDatabase, PgTestError, Scope.Scope> =>
   Effect.gen(function*() {
     const name = options.name ?? `test_${randomBytes(6).toString("hex")}`
-    for (const [what, value] of [["name", name], ["role", options.role]] as const) {
-      if (value !== undefined && !identifier.test(value)) {
-        return yield* new PgTestError({ message: `PgTest: ${what} ${JSON.stringify(value)} is not a lower-case SQL identifier` })
-      }
-    }
+    yield* checkNames(name, options.role)
     const files = options.migrations === undefined ? [] : yield* migrationFiles(options.migrations)
     const server = yield* PgConnection.make({ url: adminUrl, applicationName: "pgtest-setup" }).pipe(
       Effect.mapError(setupError("Cannot reach the test server"))
@@ -195,52 +191,72 @@ export const createDatabase = (
     yield* server.query(`CREATE DATABASE "${name}"`, [], false).pipe(Effect.mapError(setupError("CREATE DATABASE failed")))
     yield* Effect.addFinalizer(() => Effect.ignore(server.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`, [], false)))
     const serverUrl = Redacted.value(adminUrl)
-    let url = withPath(serverUrl, name)
-    if (options.role !== undefined && options.roleLifetime === "database") {
-      const role = options.role
-      const password = randomBytes(18).toString("base64url")
-      yield* server.query(`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}'`, [], false).pipe(
-        Effect.mapError((cause) =>
-          SqlState.sqlStateOf(cause) === "42710"
-            ? new PgTestError({
-              message: `A role ${role} exists already on this server: it is not changed. Drop it, or use another server.`,
-              cause
-            })
-            : setupError(`Cannot create the role ${role}`)(cause)
-        )
-      )
-      // The database goes first: the role owns what was granted to it there.
-      yield* Effect.addFinalizer(() =>
-        Effect.ignore(Effect.andThen(
-          server.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`, [], false),
-          server.query(`DROP ROLE IF EXISTS ${role}`, [], false)
-        ))
-      )
-      url = withPath(serverUrl, name, { user: role, password })
-    } else if (options.role !== undefined) {
-      const password = createHash("sha256").update(`${serverUrl}:${options.role}`).digest("base64url")
-      // Concurrent set-ups may race to create it; both then agree on the password.
-      yield* server.query(
-        `DO $$ BEGIN
-           CREATE ROLE ${options.role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}';
-         EXCEPTION WHEN duplicate_object OR unique_violation THEN
-           ALTER ROLE ${options.role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}';
-         END $$`,
-        [],
-        false
-      ).pipe(Effect.mapError(setupError(`Cannot create the role ${options.role}`)))
-      url = withPath(serverUrl, name, { user: options.role, password })
-    }
+    const login = options.role === undefined
+      ? undefined
+      : options.roleLifetime === "database"
+      ? yield* databaseRole(server, name, options.role)
+      : yield* serverRole(server, serverUrl, options.role)
     const owner = yield* PgConnection.make({ url: Redacted.make(withPath(serverUrl, name)), applicationName: "pgtest-owner" }).pipe(
       Effect.mapError(setupError("Cannot connect to the test database"))
     )
     for (const file of files) yield* migrate(owner, file)
     return {
       name,
-      url: Redacted.make(url),
+      url: Redacted.make(withPath(serverUrl, name, login)),
       adminUrl: Redacted.make(withPath(serverUrl, name)),
       admin: (sql, params = []) => Effect.map(owner.query(sql, params), (result) => result.rows)
     }
+  })
+
+/** The database's and the role's names go into SQL as they are: only plain lower-case identifiers pass. */
+const checkNames = (name: string, role: string | undefined): Effect.Effect<void, PgTestError> => {
+  for (const [what, value] of [["name", name], ["role", role]] as const) {
+    if (value !== undefined && !identifier.test(value)) {
+      return Effect.fail(new PgTestError({ message: `PgTest: ${what} ${JSON.stringify(value)} is not a lower-case SQL identifier` }))
+    }
+  }
+  return Effect.void
+}
+
+/** A role that must not exist yet, with a random password, dropped with the database `name`. */
+const databaseRole = (server: PgConnection.PgConnection, name: string, role: string) =>
+  Effect.gen(function*() {
+    const password = randomBytes(18).toString("base64url")
+    yield* server.query(`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}'`, [], false).pipe(
+      Effect.mapError((cause) =>
+        SqlState.sqlStateOf(cause) === "42710"
+          ? new PgTestError({
+            message: `A role ${role} exists already on this server: it is not changed. Drop it, or use another server.`,
+            cause
+          })
+          : setupError(`Cannot create the role ${role}`)(cause)
+      )
+    )
+    // The database goes first: the role owns what was granted to it there.
+    yield* Effect.addFinalizer(() =>
+      Effect.ignore(Effect.andThen(
+        server.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`, [], false),
+        server.query(`DROP ROLE IF EXISTS ${role}`, [], false)
+      ))
+    )
+    return { user: role, password }
+  })
+
+/** A role kept on the server, made if missing, with a password derived from the superuser's URL. */
+const serverRole = (server: PgConnection.PgConnection, serverUrl: string, role: string) =>
+  Effect.gen(function*() {
+    const password = createHash("sha256").update(`${serverUrl}:${role}`).digest("base64url")
+    // Concurrent set-ups may race to create it; both then agree on the password.
+    yield* server.query(
+      `DO $$ BEGIN
+         CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}';
+       EXCEPTION WHEN duplicate_object OR unique_violation THEN
+         ALTER ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}';
+       END $$`,
+      [],
+      false
+    ).pipe(Effect.mapError(setupError(`Cannot create the role ${role}`)))
+    return { user: role, password }
   })
 
 /** The server's superuser URL: given, from `PGPOOL_TEST_ADMIN_URL`, or a throwaway server's. */
