@@ -121,7 +121,8 @@ const failingLoad = (url: string, proxy: FaultProxy.FaultProxy, outageAfterMilli
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     // Reads, safe to run again: a statement that lost its connection is retried (meshhook.pool.retries).
-    yield* callers(6, () => Effect.andThen(Tenant.with(pick(tenants))(Retry.idempotent(sql`SELECT pg_sleep(0.05)`)), Effect.sleep(20)))
+    const read = Retry.idempotent(sql`SELECT pg_sleep(0.05)`)
+    yield* callers(6, () => Effect.andThen(Tenant.with(pick(tenants))(read), Effect.sleep(20)))
     // The listener loses its connection with every termination: each time is a gap.
     yield* Effect.forkScoped(Effect.forever(Effect.ignore(Stream.runDrain(Notifications.stream("recorder_jobs")))))
     const admin = yield* PgConnection.make({ url: Redacted.make(url), applicationName: "meshhook-recorder" })

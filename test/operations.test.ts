@@ -34,8 +34,11 @@ const promtool = (() => {
 })()
 
 /** The names in `expressions` that are not in `known`. */
-const unknown = (expressions: ReadonlyArray<string>, names: (expr: string) => ReadonlyArray<string>, known: ReadonlySet<string>) =>
-  [...new Set(expressions.flatMap(names))].filter((name) => !known.has(name))
+const unknown = (
+  expressions: ReadonlyArray<string>,
+  names: (expr: string) => ReadonlyArray<string>,
+  known: ReadonlySet<string>
+) => [...new Set(expressions.flatMap(names))].filter((name) => !known.has(name))
 
 describe("operators' files", () => {
   const expressions = { dashboard: dashboardExpressions(dashboard), rules: ruleExpressions(rules) }
@@ -67,7 +70,10 @@ describe("operators' files", () => {
       assert.deepStrictEqual(unknown(exprs, labelNames, labels), [], `${file}: labels not in ops/recorded/*.prom`)
     }
     // The reader of names finds what is there (a reader that found nothing would pass the above).
-    assert.includeMembers(expressions.rules.flatMap(metricNames), ["db_client_connection_wait_time_bucket", "meshhook_pool_circuit_open"])
+    assert.includeMembers(expressions.rules.flatMap(metricNames), [
+      "db_client_connection_wait_time_bucket",
+      "meshhook_pool_circuit_open"
+    ])
   })
 
   it("the recorded scrapes hold no tenant id in the clear", () => {
@@ -81,7 +87,8 @@ describe("operators' files", () => {
   })
 
   // CI installs promtool (.ci/run); elsewhere these run when it is there.
-  it.skipIf(!promtool && process.env.CI !== "true")("promtool: the rules are valid, and their tests pass on the recordings", () => {
+  const withPromtool = it.skipIf(!promtool && process.env.CI !== "true")
+  withPromtool("promtool: the rules are valid, and their tests pass on the recordings", () => {
     assert.isTrue(promtool, "promtool is not installed (Debian's prometheus package); CI needs it")
     const run = (...args: Array<string>): string => {
       try {
