@@ -1,17 +1,17 @@
 /**
  * The names the operators' files read, against what the pool exports now:
- * the recording scenarios (ops/recording.ts) run for a few seconds on the
+ * the recording scenarios (docs/operations/recording.ts) run for a few seconds on the
  * test server, and each pool's Prometheus endpoint is scraped. Catches a
  * metric or label renamed in src/ that the committed recordings (and so
  * test/operations.test.ts) would still show under its old name.
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Fs from "node:fs"
-import { dashboardExpressions, labelNames, metricNames, ruleExpressions } from "../ops/promql.ts"
-import { parseScrape, record, scenarios } from "../ops/recording.ts"
+import { dashboardExpressions, labelNames, metricNames, ruleExpressions } from "../docs/operations/promql.ts"
+import { parseScrape, record, scenarios } from "../docs/operations/recording.ts"
 import { serverUrl } from "./support/pg.ts"
 
-const ops = new URL("../ops/", import.meta.url)
+const ops = new URL("../docs/operations/", import.meta.url)
 const read = (path: string) => Fs.readFileSync(new URL(path, ops), "utf8")
 
 describe("operators' files against a live scrape", () => {

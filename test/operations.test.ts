@@ -1,18 +1,18 @@
 /**
- * The operators' files (ops/): the Grafana dashboard imports as Grafana
+ * The operators' files (docs/operations/): the Grafana dashboard imports as Grafana
  * expects and, with the alert rules, reads only metrics and labels the pool
- * exported in the recorded scrapes (ops/recorded/, from a real pool: see
- * ops/record.ts); promtool accepts the rules and their tests pass on the
+ * exported in the recorded scrapes (docs/operations/recorded/, from a real pool: see
+ * docs/operations/record.ts); promtool accepts the rules and their tests pass on the
  * recordings. test/operations.pg.test.ts checks the same names against a
  * live scrape.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
-import { dashboardExpressions, labelNames, metricNames, ruleExpressions } from "../ops/promql.ts"
-import { parseScrape, scenarios } from "../ops/recording.ts"
+import { dashboardExpressions, labelNames, metricNames, ruleExpressions } from "../docs/operations/promql.ts"
+import { parseScrape, scenarios } from "../docs/operations/recording.ts"
 
-const ops = new URL("../ops/", import.meta.url)
+const ops = new URL("../docs/operations/", import.meta.url)
 const read = (path: string) => Fs.readFileSync(new URL(path, ops), "utf8")
 
 const dashboard = JSON.parse(read("grafana/meshhook-pool.json"))
@@ -66,8 +66,8 @@ describe("operators' files", () => {
     const labels = new Set([...recorded.flatMap((sample) => Object.keys(sample.labels)), ...targetLabels])
     for (const [file, exprs] of Object.entries(expressions)) {
       assert.isNotEmpty(exprs, file)
-      assert.deepStrictEqual(unknown(exprs, metricNames, names), [], `${file}: metrics not in ops/recorded/*.prom`)
-      assert.deepStrictEqual(unknown(exprs, labelNames, labels), [], `${file}: labels not in ops/recorded/*.prom`)
+      assert.deepStrictEqual(unknown(exprs, metricNames, names), [], `${file}: metrics not in docs/operations/recorded/*.prom`)
+      assert.deepStrictEqual(unknown(exprs, labelNames, labels), [], `${file}: labels not in docs/operations/recorded/*.prom`)
     }
     // The reader of names finds what is there (a reader that found nothing would pass the above).
     assert.includeMembers(expressions.rules.flatMap(metricNames), [

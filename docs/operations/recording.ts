@@ -17,7 +17,7 @@
  *   `pg_terminate_backend` does), which also breaks its `LISTEN` connection;
  *   then the database becomes unreachable (connections reset and refused).
  *
- * ops/record.ts turns the scrapes into the rule tests' input series; the
+ * docs/operations/record.ts turns the scrapes into the rule tests' input series; the
  * tests run it for a few seconds to check that what the dashboard and the
  * rules read is what the pool exports.
  */
@@ -30,14 +30,14 @@ import * as References from "effect/References"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Stream from "effect/Stream"
-import * as Notifications from "../src/Notifications.ts"
-import { Observability } from "../src/otel/index.ts"
-import * as Pool from "../src/Pool.ts"
-import type * as PoolConfig from "../src/PoolConfig.ts"
-import * as Retry from "../src/Retry.ts"
-import * as Tenant from "../src/Tenant.ts"
-import * as FaultProxy from "../src/testing/FaultProxy.ts"
-import { freePort } from "../src/testing/internal/process.ts"
+import * as Notifications from "../../src/Notifications.ts"
+import { Observability } from "../../src/otel/index.ts"
+import * as Pool from "../../src/Pool.ts"
+import type * as PoolConfig from "../../src/PoolConfig.ts"
+import * as Retry from "../../src/Retry.ts"
+import * as Tenant from "../../src/Tenant.ts"
+import * as FaultProxy from "../../src/testing/FaultProxy.ts"
+import { freePort } from "../../src/testing/internal/process.ts"
 
 /** One line of a scrape: a series and its value. */
 export interface Sample {

@@ -1,16 +1,16 @@
 /**
  * Records the pool's metrics for the alert rules' tests: starts a throwaway
- * PostgreSQL, runs the scenarios of ops/recording.ts for real (their time is
+ * PostgreSQL, runs the scenarios of docs/operations/recording.ts for real (their time is
  * not compressed), and scrapes each pool's Prometheus endpoint every 15 s,
  * as a Prometheus server would.
  *
  * It writes, for each scenario, the series the rules read as promtool
- * `input_series` into ops/prometheus/meshhook-pool.rules.test.yml (between
+ * `input_series` into docs/operations/prometheus/meshhook-pool.rules.test.yml (between
  * its `recorded <scenario>` markers), and the last full scrape as
- * ops/recorded/<scenario>.prom (every metric and label the pool exported).
+ * docs/operations/recorded/<scenario>.prom (every metric and label the pool exported).
  * The alert expectations in the test file stay hand-written.
  *
- * `npx node ops/record.ts [--minutes 13] [--interval 15]`
+ * `npx node docs/operations/record.ts [--minutes 13] [--interval 15]`
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -18,7 +18,7 @@ import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import { parseArgs } from "node:util"
-import * as PgServer from "../src/testing/PgServer.ts"
+import * as PgServer from "../../src/testing/PgServer.ts"
 import { metricNames, ruleExpressions } from "./promql.ts"
 import { parseScrape, record, type Recording } from "./recording.ts"
 
@@ -123,7 +123,7 @@ try {
     Fs.writeFileSync(new URL(`recorded/${recording.scenario}.prom`, here), recording.scrapes.at(-1)!)
   }
   Fs.writeFileSync(testFile, tests)
-  console.log(`Wrote ${testFile.pathname} and ops/recorded/*.prom`)
+  console.log(`Wrote ${testFile.pathname} and docs/operations/recorded/*.prom`)
 } finally {
   await Effect.runPromise(Scope.close(scope, Exit.void))
 }
