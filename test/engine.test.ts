@@ -535,6 +535,20 @@ describe("engine", () => {
         pool.release(held)
       }))
 
+    it.effect("stats name the tenants most backed up as telemetry names them", () =>
+      Effect.gen(function*() {
+        const script = makeScript()
+        const pool = yield* makeEngine(script, { max: 1, fairness: fairness(), tenantName: (tenant) => `#${tenant.length}` })
+        const held = yield* pool.acquire(alone)
+        const waiting = []
+        for (const tenant of ["noisy", "noisy", "q", "noisy"]) waiting.push(yield* Effect.forkChild(pool.acquire(asTenant(tenant))))
+        yield* settle
+        assert.deepStrictEqual(pool.stats().tenantsWaiting, [{ tenant: "#5", waiting: 3 }, { tenant: "#1", waiting: 1 }])
+        yield* Fiber.interruptAll(waiting)
+        assert.deepStrictEqual(pool.stats().tenantsWaiting, [])
+        pool.release(held)
+      }))
+
     it.effect("a tenant at tenantMaxInUse waits while others take the idle connections", () =>
       Effect.gen(function*() {
         const script = makeScript()

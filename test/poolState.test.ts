@@ -107,6 +107,14 @@ describe("PoolState", () => {
     assert.deepStrictEqual(removed, [entry])
   })
 
+  it("names the tenants with the most callers in line, most first", () => {
+    const { state, waiter } = harness()
+    const asTenant = (tenant: string): Scheduler.Request => ({ tenant, priority: "normal", shared: false })
+    for (const tenant of ["a", "b", "b", "", "c", "b", "a", ""]) state.enqueue(waiter(asTenant(tenant)))
+    assert.deepStrictEqual(state.mostWaiting(2), [["b", 3], ["a", 2]])
+    assert.deepStrictEqual(state.mostWaiting(10).map(([tenant]) => tenant), ["b", "a", "c"], "work without a tenant is no tenant")
+  })
+
   it("keeps its rules under any sequence of operations", () => {
     const operation = fc.oneof(
       fc.record({ op: fc.constant("fill" as const) }),

@@ -128,6 +128,11 @@ export interface Stats {
   readonly checkouts: number
   /** Time those checkouts waited in line, in all, in ms: over an interval, its growth divided by that of `checkouts` is the mean wait. */
   readonly checkoutWaitMillis: number
+  /**
+   * The tenants with the most callers waiting, most first (at most ten), each
+   * named as telemetry names tenants (`tenantTelemetry`: hashed by default).
+   */
+  readonly tenantsWaiting: ReadonlyArray<{ readonly tenant: string; readonly waiting: number }>
 }
 
 /** @internal */
@@ -292,7 +297,11 @@ class PoolEngine<C> implements Engine<C> {
       limit: state.limit,
       circuit: this.lifecycle.circuit.state,
       checkouts: state.meter.checkouts,
-      checkoutWaitMillis: state.meter.checkoutWaitMillis
+      checkoutWaitMillis: state.meter.checkoutWaitMillis,
+      tenantsWaiting: state.waiters.size === 0 ? [] : state.mostWaiting(10).map(([tenant, waiting]) => ({
+        tenant: options.tenantName?.(tenant) ?? tenant,
+        waiting
+      }))
     }
   }
 

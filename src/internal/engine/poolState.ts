@@ -179,6 +179,16 @@ export class PoolState<C, W extends Waiting> {
     return left
   }
 
+  /** The tenants with the most callers in line, most first, at most `count` of them: who is backed up. */
+  mostWaiting(count: number): Array<readonly [tenant: string, waiting: number]> {
+    const byTenant = new Map<string, number>()
+    for (let waiter = this.waiters.peek(); waiter !== undefined; waiter = waiter.arrival.next) {
+      const tenant = waiter.request.tenant
+      if (tenant !== "") byTenant.set(tenant, (byTenant.get(tenant) ?? 0) + 1)
+    }
+    return Array.from(byTenant).sort((a, b) => b[1] - a[1]).slice(0, count)
+  }
+
   /** Waiters queued for `tenant`, for its quota. */
   queued(tenant: string): number {
     return this.scheduler.queued(tenant)
