@@ -159,76 +159,97 @@ export const make = <R, ER>(layer: Layer.Layer<R | Pool.Services, ER>): PoolRunt
   type Services = R | Pool.Services
   const managed = ManagedRuntime.make(layer)
   let closed = false
-  const removeListeners = new Set<() => void>()
-
-  const exitOf = <A, E>(
-    effect: Effect.Effect<A, E, Services>,
-    options: RunOptions | undefined
-  ): Promise<Exit.Exit<A, RunError<E> | ER | PoolError.PoolClosedError>> =>
+  const listeners = new Set<() => void>()
+  const exitOf: ExitOf<Services, ER> = (effect, options) =>
     closed
       ? Promise.resolve(Exit.fail(new PoolError.PoolClosedError()))
       : managed.runPromiseExit(Effect.mapError(effect, unwrap), options)
-
-  const runner = (scoped: <A, E>(effect: Effect.Effect<A, E, Services>) => Effect.Effect<A, E, Services>) => {
-    const run = <A, E>(effect: Effect.Effect<A, E, Services>, options?: RunOptions): Promise<A> =>
-      exitOf(scoped(effect), options).then((exit) => {
-        if (Exit.isSuccess(exit)) return exit.value
-        throw failureOf(exit.cause, options, closed).error
-      })
-    const self: Runner<Services, ER> = {
-      run,
-      runResult: (effect, options) =>
-        exitOf(scoped(effect), options).then((exit) => {
-          if (Exit.isSuccess(exit)) return Result.succeed(exit.value)
-          const failure = failureOf(exit.cause, options, closed)
-          if (!failure.typed) throw failure.error
-          return Result.fail(failure.error)
-        }),
-      sql: (strings, ...args) => run(Effect.flatMap(Effect.service(SqlClient.SqlClient), (sql) => sql(strings, ...args)))
-    }
-    return self
-  }
-
+  const runnerFor = (scoped: Scoping<Services>) => runner<R, ER>(exitOf, scoped, () => closed)
   const dispose = () => {
     closed = true
-    for (const remove of removeListeners) remove()
+    for (const remove of listeners) remove()
     return managed.dispose()
   }
-
   const self: PoolRuntime<Services, ER> = {
-    ...runner((effect) => effect),
+    ...runnerFor((effect) => effect),
     managed,
-    forTenant: (id) => runner(Tenant.with(id)),
-    unscoped: (reason) => runner(Tenant.unscoped(reason)),
+    forTenant: (id) => runnerFor(Tenant.with(id)),
+    unscoped: (reason) => runnerFor(Tenant.unscoped(reason)),
     ready: () => self.run(Effect.void),
     get closed() {
       return closed
     },
     closeOn: (events, options) => {
-      const close = () => {
-        remove()
-        Effect.runFork(Effect.tryPromise(async () => await options?.before?.()).pipe(
-          Effect.tapCause((cause) =>
-            Effect.andThen(
-              Effect.sync(() => process.exitCode = 1),
-              Effect.logError("PoolRuntime.closeOn: `before` failed; closing the pool all the same", cause)
-            )
-          ),
-          Effect.ensuring(Effect.promise(dispose)),
-          Effect.ignore
-        ))
-      }
-      const remove = () => {
-        for (const event of events) process.removeListener(event, close)
-        removeListeners.delete(remove)
-      }
-      for (const event of events) process.on(event, close)
-      removeListeners.add(remove)
+      listeners.add(closeOnce(events, options, dispose, listeners))
       return self
     },
     dispose
   }
   return self
+}
+
+/** Runs an effect to its exit, its pool errors unwrapped; a closed runtime fails it at once. */
+type ExitOf<S, ER> = <A, E>(
+  effect: Effect.Effect<A, E, S>,
+  options: RunOptions | undefined
+) => Promise<Exit.Exit<A, RunError<E> | ER | PoolError.PoolClosedError>>
+
+/** What a runner does to each effect before it runs: nothing, or put it under a tenant scope. */
+type Scoping<S> = <A, E>(effect: Effect.Effect<A, E, S>) => Effect.Effect<A, E, S>
+
+/** The three ways to run, over one way to reach an exit. */
+const runner = <R, ER>(
+  exitOf: ExitOf<R | Pool.Services, ER>,
+  scoped: Scoping<R | Pool.Services>,
+  isClosed: () => boolean
+): Runner<R | Pool.Services, ER> => {
+  const run = <A, E>(effect: Effect.Effect<A, E, R | Pool.Services>, options?: RunOptions): Promise<A> =>
+    exitOf(scoped(effect), options).then((exit) => {
+      if (Exit.isSuccess(exit)) return exit.value
+      throw failureOf(exit.cause, options, isClosed()).error
+    })
+  return {
+    run,
+    runResult: (effect, options) =>
+      exitOf(scoped(effect), options).then((exit) => {
+        if (Exit.isSuccess(exit)) return Result.succeed(exit.value)
+        const failure = failureOf(exit.cause, options, isClosed())
+        if (!failure.typed) throw failure.error
+        return Result.fail(failure.error)
+      }),
+    sql: (strings, ...args) => run(Effect.flatMap(Effect.service(SqlClient.SqlClient), (sql) => sql(strings, ...args)))
+  }
+}
+
+/**
+ * Listens for the first of `events`: then stops listening, runs `before` and
+ * disposes. Returns what removes the listeners, which `dispose` also calls.
+ */
+const closeOnce = (
+  events: ReadonlyArray<string>,
+  options: CloseOptions | undefined,
+  dispose: () => Promise<void>,
+  listeners: Set<() => void>
+): () => void => {
+  const close = () => {
+    remove()
+    Effect.runFork(Effect.tryPromise(async () => await options?.before?.()).pipe(
+      Effect.tapCause((cause) =>
+        Effect.andThen(
+          Effect.sync(() => process.exitCode = 1),
+          Effect.logError("PoolRuntime.closeOn: `before` failed; closing the pool all the same", cause)
+        )
+      ),
+      Effect.ensuring(Effect.promise(dispose)),
+      Effect.ignore
+    ))
+  }
+  const remove = () => {
+    for (const event of events) process.removeListener(event, close)
+    listeners.delete(remove)
+  }
+  for (const event of events) process.on(event, close)
+  return remove
 }
 
 /** A `SqlError` the pool raised on its own behalf becomes that pool error. */
