@@ -6,7 +6,7 @@
  * (src/internal/options/options.ts), from which the defaults, the checks, the
  * variables and the reference (docs/configuration.md) are derived. This
  * module holds the public types, documented field by field for editors
- * (which makes it longer than most), and puts the parts together.
+ * (which makes it over 300 lines), and puts the parts together.
  *
  * Validation happens once, when the layer is built, and every problem is
  * reported in one {@link PoolConfigError} naming the options and their

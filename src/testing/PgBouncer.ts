@@ -49,6 +49,9 @@
  * The admin console (`admin`) speaks only the simple query protocol, which
  * `PgConnection` does not; a small client of this module's does it.
  *
+ * Over 300 lines: the settings that make PgBouncer stand in for a real
+ * pooler in tests, its process, and its admin console.
+ *
  * @since 0.1.0
  */
 import * as Schema from "effect/Schema"

@@ -8,6 +8,9 @@
  * port, with a generated superuser password, and closing the scope stops it and
  * deletes its data directory.
  *
+ * Over 300 lines: finding the binaries, initdb, and the server process with
+ * its log, as root or not, are one server's life.
+ *
  * @since 0.1.0
  */
 import * as Context from "effect/Context"

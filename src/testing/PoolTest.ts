@@ -22,6 +22,9 @@
  *   }))))
  * ```
  *
+ * Over 300 lines: the scripted replies, the recorded statements and the
+ * assertions over them are one test kit.
+ *
  * @since 0.1.0
  */
 import * as Context from "effect/Context"

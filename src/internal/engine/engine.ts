@@ -18,7 +18,7 @@
  * 8. Closing drains: waiters fail, idle connections close, lent ones close as
  *    they come back or when `shutdownTimeout` is up.
  *
- * It is longer than most modules because it also states the engine's
+ * It is over 300 lines because it also states the engine's
  * contract with the SQL client: {@link Engine}, {@link EngineOptions} and
  * {@link Stats} are a third of it.
  *

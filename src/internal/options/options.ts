@@ -10,7 +10,7 @@
  * `PoolConfig.Options`, and each record's default and variable of its
  * option's type.
  *
- * Longer than most modules: one record per option, and splitting them would
+ * Over 300 lines: one record per option, and splitting them would
  * split the table.
  *
  * @internal
