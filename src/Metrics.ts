@@ -1,8 +1,11 @@
 /**
  * The pool's metrics, as Effect `Metric`s named and typed as the
  * OpenTelemetry database conventions say; `@effect/opentelemetry` (or the
- * ready layer in `@meshhook/pool/otel`) exports them. Every series carries
- * `db.client.connection.pool.name`.
+ * ready layer in `@meshhook/pool/otel`) exports them. Every series of a pool
+ * carries `db.client.connection.pool.name`; retries and notification gaps
+ * carry it when the work runs on the pool's layer (they are counted in the
+ * caller's fiber, where the layer's `Pool` service names the pool), and
+ * have no pool outside one.
  *
  * | metric | Effect type (OpenTelemetry instrument) | unit |
  * |---|---|---|
@@ -21,6 +24,14 @@
  * | `meshhook.pool.tenant.wait_time` (`meshhook.tenant`) | histogram | s |
  * | `meshhook.pool.tenant.rejections` (`meshhook.tenant`, reason) | incremental counter | {request} |
  * | `meshhook.pool.notifications.gaps` (`Notifications.gaps`) | incremental counter | {gap} |
+ *
+ * The counters and gauges exist from the pool's start, at 0 (the circuit
+ * closed, the limit at `max`), for every reason and kind: a series that
+ * appeared at its first event would hide that event from Prometheus'
+ * `increase()`, and be absent on a pool where nothing happened. The series
+ * named by what the pool cannot know at its start appear at their first
+ * update: the tenant series and those of an operation (`db.operation.name`,
+ * `error.type`); and a histogram, at its first observation.
  *
  * The tenant series have at most `tenantMetricsLimit` tenant values; the
  * rest are folded into `other`.
@@ -115,7 +126,12 @@ export const metrics = {
     "{change}"
   ),
   tenantWaitTime: seconds("meshhook.pool.tenant.wait_time", "Connection wait time by tenant"),
-  tenantRejections: counter("meshhook.pool.tenant.rejections", "Requests turned away, by tenant", "{request}")
+  tenantRejections: counter("meshhook.pool.tenant.rejections", "Requests turned away, by tenant", "{request}"),
+  notificationGaps: counter(
+    "meshhook.pool.notifications.gaps",
+    "Times listening for notifications stopped with a lost connection and started again",
+    "{gap}"
+  )
 } as const
 
 /** The attribute naming the pool. @since 0.1.0 */

@@ -6,7 +6,8 @@
  * the connection: a worker that waits on it must notice, listen again, and
  * know that whatever was sent in between is lost. `Notifications.stream`
  * does that for it: when the connection is lost it logs a warning, counts
- * the gap (`meshhook.pool.notifications.gaps`), listens again with backoff
+ * the gap (`meshhook.pool.notifications.gaps`, under the pool's name on a
+ * pool's layer), listens again with backoff
  * until the server answers. Each time listening starts, first or again, it
  * emits a {@link Listening} event (saying, after a gap, that notifications
  * were missed): the moment for the consumer to look at the table itself, as
@@ -33,10 +34,13 @@ import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
 import { channelTooLong } from "./internal/client/pgClient.ts"
+import { metrics, poolNameAttribute } from "./Metrics.ts"
+import { Pool } from "./Pool.ts"
 import * as PoolError from "./PoolError.ts"
 
 /**
@@ -85,17 +89,14 @@ export interface Options {
 }
 
 /**
- * Gaps in listening, by channel set: each a span of time whose notifications
- * were lost.
+ * Gaps in listening, each a span of time whose notifications were lost: the
+ * series of the attributes given, `{ "db.client.connection.pool.name": name }`
+ * for the streams on a pool's layer, `{}` for those on another `PgClient`.
  *
  * @since 0.1.0
  * @category metrics
  */
-export const gaps = Metric.counter("meshhook.pool.notifications.gaps", {
-  description: "Times listening for notifications stopped with a lost connection and started again",
-  attributes: { unit: "{gap}" },
-  incremental: true
-})
+export const gaps = metrics.notificationGaps
 
 /**
  * The notifications of `channels`, after a {@link Listening} event each time
@@ -118,6 +119,9 @@ export const stream = (
   return Stream.callback<Event, SqlError, PgClient.PgClient>((out) =>
     Effect.gen(function*() {
       const pg = yield* PgClient.PgClient
+      // On a pool's layer, its Pool service names the pool the gaps are counted under.
+      const pool = Option.getOrUndefined(yield* Effect.serviceOption(Pool))
+      const gapsHere = gaps(pool === undefined ? {} : { [poolNameAttribute]: pool.options.name })
       let missed: SqlError | undefined
       let failures = 0
       /** Listens to every channel, then forwards until a queue fails with the connection. */
@@ -145,7 +149,7 @@ export const stream = (
         return Effect.andThen(
           first
             ? Effect.andThen(
-              Metric.update(gaps, 1),
+              Metric.update(gapsHere, 1),
               Effect.logWarning(`Listening on ${names.join(", ")} stopped (${error.message}); notifications sent until it starts again are lost`)
             )
             : Effect.void,

@@ -20,7 +20,8 @@
  *
  * Attempts and backoff come from the pool's `retryAttempts`, `retryBase` and
  * `retryMax` (docs/resilience.md). Each retry counts in `meshhook.pool.retries`
- * and is an event (`meshhook.pool.retry`) on the current span.
+ * (under the pool's name when it runs on a pool's layer) and is an event
+ * (`meshhook.pool.retry`) on the current span.
  *
  * @since 0.1.0
  */
@@ -33,7 +34,11 @@ import * as Schedule from "effect/Schedule"
 import { SqlError } from "effect/sql/SqlError"
 import * as Tracer from "effect/Tracer"
 import { sqlStateOf } from "./internal/postgres/sqlState.ts"
-import { metrics } from "./Metrics.ts"
+import type { RetryKind } from "./internal/telemetry.ts"
+import { metrics, poolNameAttribute } from "./Metrics.ts"
+// Pool.ts imports this module too (its layer provides CurrentPolicy); each reads the other only when
+// called, so the cycle is settled before either is used.
+import { Pool } from "./Pool.ts"
 import { defaults } from "./PoolConfig.ts"
 import { isPoolError } from "./PoolError.ts"
 
@@ -102,18 +107,23 @@ const schedule = (policy: Policy) =>
     Schedule.upTo({ times: policy.attempts - 1 })
   )
 
-/** Counts a retry, and marks it on the current span with the failure that caused it. */
-const noteRetry = (kind: "idempotent" | "transaction", error: unknown) =>
+/**
+ * Counts a retry, under the name of the pool whose layer the work runs on (if any), and marks it on the
+ * current span with the failure that caused it.
+ */
+const noteRetry = (kind: RetryKind, error: unknown) =>
   Effect.withFiber((fiber) => {
     const span = Context.getOrUndefined(fiber.context, Tracer.ParentSpan)
     const failure = error instanceof SqlError ? sqlStateOf(error) ?? error.reason._tag : String(error)
     if (span?._tag === "Span") span.event("meshhook.pool.retry", fiber.getRef(Clock.Clock).currentTimeNanosUnsafe(), { kind, failure })
-    return Metric.update(metrics.retries({ "meshhook.pool.retry.kind": kind }), 1)
+    const pool = Context.getOrUndefined(fiber.context, Pool)
+    const attributes = { "meshhook.pool.retry.kind": kind, ...(pool === undefined ? {} : { [poolNameAttribute]: pool.options.name }) }
+    return Metric.update(metrics.retries(attributes), 1)
   })
 
 const retrying = <A, E, R>(
   self: Effect.Effect<A, E, R>,
-  kind: "idempotent" | "transaction",
+  kind: RetryKind,
   retryable: (error: E) => boolean
 ): Effect.Effect<A, E, R> =>
   Effect.flatMap(Effect.service(CurrentPolicy), (policy) =>

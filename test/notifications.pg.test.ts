@@ -11,6 +11,7 @@ import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
+import { poolNameAttribute } from "../src/Metrics.ts"
 import * as Notifications from "../src/Notifications.ts"
 import * as PoolError from "../src/PoolError.ts"
 import { admin, behindPooler, poolLayer, uniqueName } from "./support/pg.ts"
@@ -45,7 +46,9 @@ describe("Notifications.stream", () => {
     return Effect.gen(function*() {
       const pg = yield* PgClient.PgClient
       const side = yield* admin
-      const gapsBefore = (yield* Metric.value(Notifications.gaps)).count
+      // Counted under the pool's name, as the stream runs on its layer.
+      const gaps = Notifications.gaps({ [poolNameAttribute]: app })
+      const gapsBefore = (yield* Metric.value(gaps)).count
       const events = yield* Queue.unbounded<Notifications.Event>()
       const listening = yield* Effect.forkChild(
         Notifications.stream([jobs, runs], { retryBase: 10, retryMax: 100 }).pipe(
@@ -63,9 +66,9 @@ describe("Notifications.stream", () => {
       const again = between.filter((event) => event._tag === "Listening")
       assert.strictEqual(again.length, 1, `listening again once, got ${JSON.stringify(between.map((e) => e._tag))}`)
       assert.isDefined(again[0]._tag === "Listening" ? again[0].missed : undefined, "it says notifications were missed")
-      assert.strictEqual((yield* Metric.value(Notifications.gaps)).count, gapsBefore + 1)
+      assert.strictEqual((yield* Metric.value(gaps)).count, gapsBefore + 1)
       yield* Fiber.interrupt(listening)
-    }).pipe(Effect.provide(poolLayer({ applicationName: app, min: 0, max: 2 })))
+    }).pipe(Effect.provide(poolLayer({ name: app, applicationName: app, min: 0, max: 2 })))
   })
 
   it.live("fails at once for a channel name PostgreSQL would truncate", () =>

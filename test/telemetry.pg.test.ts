@@ -74,6 +74,13 @@ const find = (all: ReadonlyArray<MetricData>, name: string) => {
   return metric!
 }
 
+/** The value of the series of metric `name` with `attributes` (among others). */
+const valueOf = (all: ReadonlyArray<MetricData>, name: string, attributes: Readonly<Record<string, string>>) => {
+  const point = find(all, name).dataPoints.find((p) => Object.entries(attributes).every(([k, v]) => p.attributes[k] === v))
+  assert.isDefined(point, `${name} ${JSON.stringify(attributes)}`)
+  return point!.value
+}
+
 const secret = "s3cret-parameter-value"
 
 describe("telemetry", () => {
@@ -136,10 +143,37 @@ describe("telemetry", () => {
       const failed = selects.find((p) => p.attributes["error.type"] === "22012")!
       assert.strictEqual((ok.value as { count: number }).count, 5)
       assert.strictEqual((failed.value as { count: number }).count, 1)
+      // The pool's refusals under its error's name, not as the ConnectionError they are wrapped in.
+      const refused = selects.find((p) => p.attributes["error.type"] === "PoolTimeoutError")
+      assert.strictEqual((refused?.value as { count: number } | undefined)?.count, 3)
+      assert.isUndefined(selects.find((p) => p.attributes["error.type"] === "ConnectionError"))
       assert.include(ok.attributes, { "db.system.name": "postgresql", ...pool })
 
       const rejections = find(all, "meshhook.pool.rejections")
       assert.include(rejections.dataPoints.find((p) => p.attributes["meshhook.pool.rejection.reason"] === "timeout")!, { value: 3 })
+    } finally {
+      await runtime.dispose()
+    }
+  }, 30_000)
+
+  it("every counter and gauge of a pool exists from its start, at 0 (the limit at max), under the pool's name", async () => {
+    const { collect, runtime } = await instrumented({ name: "quiet-test", max: 3 })
+    try {
+      const all = await collect()
+      const pool = { "db.client.connection.pool.name": "quiet-test" }
+      const each = (name: string, attribute: string, values: ReadonlyArray<string>) =>
+        values.map((value) => [name, { [attribute]: value }] as const)
+      const zero = [
+        ["db.client.connection.timeouts", {}] as const,
+        ["meshhook.pool.leaks", {}] as const,
+        ["meshhook.pool.circuit.open", {}] as const,
+        ["meshhook.pool.notifications.gaps", {}] as const,
+        ...each("meshhook.pool.rejections", "meshhook.pool.rejection.reason", ["saturated", "tenant_quota", "circuit_open", "timeout"]),
+        ...each("meshhook.pool.limit.changes", "meshhook.pool.limit.change", ["trial_down", "trial_up", "revert", "refused"]),
+        ...each("meshhook.pool.retries", "meshhook.pool.retry.kind", ["idempotent", "transaction"])
+      ]
+      for (const [name, attributes] of zero) assert.strictEqual(valueOf(all, name, { ...pool, ...attributes }), 0, name)
+      assert.strictEqual(valueOf(all, "meshhook.pool.connection.limit", pool), 3)
     } finally {
       await runtime.dispose()
     }
@@ -234,8 +268,11 @@ describe("telemetry of failures", () => {
       assert.deepInclude(retried.events.map((e) => [e.name, e.attributes]), ["meshhook.pool.retry", { kind: "idempotent", failure: "ConnectionError" }])
       const refused = finished.find((s) => s.events.some((e) => e.name === "meshhook.pool.refused"))
       assert.strictEqual(refused?.events.find((e) => e.name === "meshhook.pool.refused")?.attributes?.reason, "PoolTimeoutError")
+      assert.strictEqual(refused?.attributes["error.type"], "PoolTimeoutError")
       const all = await collect()
-      assert.strictEqual(find(all, "meshhook.pool.retries").dataPoints[0].value, 1)
+      // The retry ran on the pool's layer: it is counted under the pool's name.
+      const retries = { "db.client.connection.pool.name": "events-test", "meshhook.pool.retry.kind": "idempotent" }
+      assert.strictEqual(valueOf(all, "meshhook.pool.retries", retries), 1)
       const warning = logs.find((l) => l.includes("session state"))
       assert.isDefined(warning)
       assert.include(warning!, "events-test")

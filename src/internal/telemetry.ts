@@ -7,6 +7,11 @@
  * checkout: a sampler applies the difference since its last look, off the
  * hot path.
  *
+ * Every counter and gauge of the pool is recorded when the recorder is made
+ * (the pool's start), at 0 for every reason and kind: Effect registers a
+ * series at its first update, and a series that starts with its first event
+ * hides that event from Prometheus' `increase()`.
+ *
  * @internal
  */
 import type * as Context from "effect/Context"
@@ -14,12 +19,23 @@ import type * as Metric from "effect/Metric"
 import { createHash } from "node:crypto"
 import { metrics, poolNameAttribute, tenantAttribute } from "../Metrics.ts"
 import type { Stats } from "./engine/engine.ts"
+import type { Change } from "./engine/sizing.ts"
 
 /** How tenant ids appear in spans and metrics. @internal */
 export type TenantTelemetry = "plain" | "hashed" | "off"
 
+const rejections = ["saturated", "tenant_quota", "circuit_open", "timeout"] as const
+
 /** Why a request was turned away. @internal */
-export type Rejection = "saturated" | "tenant_quota" | "circuit_open" | "timeout"
+export type Rejection = typeof rejections[number]
+
+const retryKinds = ["idempotent", "transaction"] as const
+
+/** What `Retry` re-ran: `Retry.idempotent`'s work or `Retry.transaction`'s. @internal */
+export type RetryKind = typeof retryKinds[number]
+
+/** The kinds of change of the connection limit (./engine/sizing.ts), each counted from 0 at the start. */
+const limitChanges: ReadonlyArray<Change["kind"]> = ["trial_down", "trial_up", "revert", "refused"]
 
 /** What the engine and the client record, each a synchronous update of the pool's series. @internal */
 export interface Recorder {
@@ -30,7 +46,7 @@ export interface Recorder {
   readonly leaked: () => void
   readonly circuit: (open: boolean) => void
   /** The connection limit is now `limit`, after a change of `kind` (none at start). */
-  readonly limit: (limit: number, kind: string | undefined) => void
+  readonly limit: (limit: number, kind: Change["kind"] | undefined) => void
   readonly operation: (operationName: string, seconds: number, errorType: string | undefined) => void
   /** Brings the count series up to date with the pool's counts (all zero once it is closed). */
   readonly sample: (stats: Pick<Stats, "idle" | "used" | "pending" | "max" | "min">) => void
@@ -45,8 +61,8 @@ export interface Recorder {
 
 /**
  * One pool's recorder: its series are made here, once (those named by a
- * tenant, a reason or an operation when it first occurs), with the pool's
- * name among their attributes.
+ * tenant or an operation when it first occurs), with the pool's name among
+ * their attributes.
  *
  * @internal
  */
@@ -59,6 +75,7 @@ export const make = (options: {
 }): Recorder => {
   const pool: Attributes = { [poolNameAttribute]: options.poolName }
   const tenants = tenantNames(options.tenantTelemetry, options.tenantMetricsLimit)
+  countedElsewhere(pool, options.context)
   return {
     ...durations(pool, options.context, options.operationAttributes, tenants.tenantLabel),
     ...events(pool, options.context, tenants.tenantLabel),
@@ -137,7 +154,10 @@ const durations = (
   }
 }
 
-/** The counters and gauges of what happened: rejections, leaks, the circuit, the connection limit. */
+/**
+ * The counters and gauges of what happened: rejections, leaks, the circuit, the connection limit. All but
+ * the tenants' start at 0 (the circuit closed); the limit is set by the pool as it starts.
+ */
 const events = (
   pool: Attributes,
   context: Context.Context<never>,
@@ -147,14 +167,20 @@ const events = (
   const leaks = metrics.leaks(pool)
   const circuitOpen = metrics.circuitOpen(pool)
   const connectionLimit = metrics.connectionLimit(pool)
-  const rejections = new Map<string, Series>()
+  const byReason = new Map<string, Series>()
   const tenantRejections = new Map<string, Series>()
-  const limitChanges = new Map<string, Series>()
+  const byChange = new Map<string, Series>()
+  const rejection = (reason: Rejection) =>
+    cached(byReason, reason, () => metrics.rejections({ ...pool, "meshhook.pool.rejection.reason": reason }))
+  const limitChange = (kind: Change["kind"]) =>
+    cached(byChange, kind, () => metrics.limitChanges({ ...pool, "meshhook.pool.limit.change": kind }))
+  for (const series of [timeouts, leaks, circuitOpen, ...rejections.map(rejection), ...limitChanges.map(limitChange)]) {
+    series.updateUnsafe(0, context)
+  }
   return {
     rejected: (reason, tenant) => {
       if (reason === "timeout") timeouts.updateUnsafe(1, context)
-      cached(rejections, reason, () => metrics.rejections({ ...pool, "meshhook.pool.rejection.reason": reason }))
-        .updateUnsafe(1, context)
+      rejection(reason).updateUnsafe(1, context)
       const label = tenantLabel(tenant)
       if (label !== undefined) {
         cached(
@@ -168,12 +194,18 @@ const events = (
     circuit: (open) => circuitOpen.updateUnsafe(open ? 1 : 0, context),
     limit: (limit, kind) => {
       connectionLimit.updateUnsafe(limit, context)
-      if (kind !== undefined) {
-        cached(limitChanges, kind, () => metrics.limitChanges({ ...pool, "meshhook.pool.limit.change": kind }))
-          .updateUnsafe(1, context)
-      }
+      if (kind !== undefined) limitChange(kind).updateUnsafe(1, context)
     }
   }
+}
+
+/**
+ * The pool's series that Retry and Notifications update, in their callers' fibers (under the pool's name
+ * when they run on its layer): made at 0 here, so that they too exist from the pool's start.
+ */
+const countedElsewhere = (pool: Attributes, context: Context.Context<never>): void => {
+  for (const kind of retryKinds) metrics.retries({ ...pool, "meshhook.pool.retry.kind": kind }).updateUnsafe(0, context)
+  metrics.notificationGaps(pool).updateUnsafe(0, context)
 }
 
 /**

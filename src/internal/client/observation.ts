@@ -88,7 +88,13 @@ const observer = (recorder: Recorder, spanName: (operation: string) => string) =
   })
 }
 
-/** A statement's duration metric; on failure, what failed on its span, and the pool's own refusals as events. */
+/**
+ * A statement's duration metric; on failure, what failed on its span, and the pool's own refusals as events.
+ *
+ * The error type is the pool's error when the pool failed the statement itself (`PoolTimeoutError`,
+ * `DatabaseUnavailableError`, ...), else the SQLSTATE, else the `SqlError`'s reason: the pool wraps its
+ * refusals in a `ConnectionError` reason, which would make them look like lost connections.
+ */
 const record = (
   recorder: Recorder,
   operation: string,
@@ -99,14 +105,14 @@ const record = (
 ): void => {
   if (exit._tag === "Success") return recorder.operation(operation, seconds, undefined)
   const error = Exit.findErrorOption(exit)
+  const refusal = error._tag === "Some" ? PoolError.fromSqlError(error.value) : undefined
   const state = error._tag === "Some" ? sqlStateOf(error.value) : undefined
-  const errorType = state ?? (error._tag === "Some" ? error.value.reason._tag : "interrupted")
+  const errorType = refusal?._tag ?? state ?? (error._tag === "Some" ? error.value.reason._tag : "interrupted")
   recorder.operation(operation, seconds, errorType)
   if (span === undefined) return
   span.attribute("error.type", errorType)
   if (state !== undefined) span.attribute("db.response.status_code", state)
   // The pool's own refusals (circuit open, timeout, saturation, tenant rules) are events on the span.
-  const refusal = error._tag === "Some" ? PoolError.fromSqlError(error.value) : undefined
   if (refusal !== undefined) {
     span.event("meshhook.pool.refused", fiber.getRef(Clock.Clock).currentTimeNanosUnsafe(), { reason: refusal._tag })
   }
