@@ -5,7 +5,9 @@
  * on which it creates a fresh database), creates MeshHook's schema with
  * row-level security and the non-owner `mh_worker` role, seeds tenants, and
  * runs worker fibers that claim jobs across tenants and work each one as its
- * tenant. Prints a live line every second and a summary at the end.
+ * tenant. Prints a live line every second and a summary at the end; with
+ * `--dashboard`, serves the pool's live view (src/Dashboard.ts) on 127.0.0.1
+ * too, and with `--noisy N` one tenant floods the pool.
  *
  *   npm start -- --help
  */
@@ -14,26 +16,36 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Redacted from "effect/Redacted"
 import * as Semaphore from "effect/Semaphore"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { parseArgs } from "node:util"
+import * as Dashboard from "../src/Dashboard.ts"
 import { Observability } from "../src/otel/index.ts"
 import * as Pool from "../src/Pool.ts"
 import * as PoolConfig from "../src/PoolConfig.ts"
 import * as PoolError from "../src/PoolError.ts"
+import * as Tenant from "../src/Tenant.ts"
 import * as PgServer from "../src/testing/PgServer.ts"
 import * as Database from "./meshhook/database.ts"
 import * as Worker from "./meshhook/worker.ts"
+
+const defaultDashboardPort = 9465
 
 const usage = `Usage: npm start -- [options]
 
   --tenants N     projects to seed (default 100)
   --workers N     worker fibers (default 200)
-  --duration S    seconds to run (default 15)
+  --duration S    seconds to run (default 15; with --dashboard, until Ctrl-C)
   --max N         pool size (default: PGPOOL_MAX, else 8)
   --http-ms N     duration of the simulated external HTTP call (default 20)
+  --noisy N       a noisy tenant: N more callers as one tenant, each holding a connection
+                  for 20 ms at a time, over and over (default 0)
+  --dashboard[=PORT]
+                  serve the pool's live view on http://127.0.0.1:PORT/ while the job runs
+                  (port ${defaultDashboardPort} by default; 0 takes a free one): docs/live-view.md
   --otlp          export traces and metrics over OTLP/HTTP (to Jaeger: examples/jaeger/)
   --help          this text
 
@@ -47,10 +59,14 @@ OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) is where --otlp send
 interface Flags {
   readonly tenants: number
   readonly workers: number
-  readonly duration: number
+  /** Seconds; undefined: until Ctrl-C. */
+  readonly duration: number | undefined
   /** Undefined: PGPOOL_MAX, else 8. */
   readonly max: number | undefined
   readonly httpMillis: number
+  readonly noisy: number
+  /** The live view's port, if it is wanted. */
+  readonly dashboard: number | undefined
   readonly otlp: boolean
 }
 
@@ -58,13 +74,16 @@ const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
   let values
   try {
     values = parseArgs({
-      args: [...argv],
+      // A bare --dashboard takes the default port (parseArgs has no optional values).
+      args: argv.map((arg) => arg === "--dashboard" ? `--dashboard=${defaultDashboardPort}` : arg),
       options: {
         tenants: { type: "string", default: "100" },
         workers: { type: "string", default: "200" },
-        duration: { type: "string", default: "15" },
+        duration: { type: "string" },
         max: { type: "string" },
         "http-ms": { type: "string", default: "20" },
+        noisy: { type: "string", default: "0" },
+        dashboard: { type: "string" },
         otlp: { type: "boolean", default: false },
         help: { type: "boolean", default: false }
       },
@@ -81,7 +100,9 @@ const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
     ["workers", "workers", 1, 100_000],
     ["duration", "duration", 1, 86_400],
     ["max", "max", 1, 10_000],
-    ["http-ms", "httpMillis", 0, 60_000]
+    ["http-ms", "httpMillis", 0, 60_000],
+    ["noisy", "noisy", 0, 100_000],
+    ["dashboard", "dashboard", 0, 65_535]
   ] as const) {
     const text = values[flag] as string | undefined
     if (text === undefined) continue
@@ -91,7 +112,9 @@ const readFlags = (argv: ReadonlyArray<string>): Flags | string => {
     }
     flags[key] = value
   }
-  return { ...flags, otlp: values.otlp } as unknown as Flags
+  // With the live view open, the run goes on until Ctrl-C unless a duration is given.
+  const duration = flags.duration ?? (flags.dashboard === undefined ? 15 : undefined)
+  return { ...flags, duration, otlp: values.otlp } as unknown as Flags
 }
 
 const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
@@ -124,6 +147,37 @@ const tuning = Effect.map(PoolConfig.config(), (options) =>
  * together.
  */
 const backpressure = Worker.whileBackpressure(Pool.backoff(200, 10_000))
+
+/** Jobs the workers finished: the live view shows them per second. */
+const jobsDone = Metric.counter("meshhook.worker.jobs", { description: "MeshHook jobs the workers finished", incremental: true })
+
+/**
+ * A noisy tenant's caller: as `project`, a transaction that reads the
+ * tenant's event log and holds its connection for 20 ms, over and over.
+ * Turned away, it waits and comes back, as the workers do (`policy`).
+ */
+const noisyCaller = (sql: SqlClient.SqlClient, project: string, policy: Worker.StepPolicy) =>
+  sql.withTransaction(Effect.andThen(sql`SELECT count(*) FROM workflow_events`, sql`SELECT pg_sleep(0.02)`)).pipe(
+    Tenant.with(project),
+    policy,
+    // Counted by the policy; the caller goes on.
+    Effect.ignore,
+    Effect.forever
+  )
+
+/**
+ * The live view, served for the rest of the run, and the noisy tenant's callers (to be run), as asked for.
+ */
+const liveViewAndNoise = (flags: Flags, project: string, policy: Worker.StepPolicy) =>
+  Effect.gen(function*() {
+    if (flags.dashboard !== undefined) {
+      // It logs its address.
+      yield* Dashboard.make({ port: flags.dashboard, jobs: jobsDone })
+    }
+    if (flags.noisy > 0) console.log(`Noisy tenant: ${flags.noisy} more callers as project ${project}`)
+    const sql = yield* SqlClient.SqlClient
+    return Array.from({ length: flags.noisy }, () => noisyCaller(sql, project, policy))
+  })
 
 /** Completed by the first Ctrl-C: the run stops early and still prints its summary. */
 const stopRequested = Deferred.makeUnsafe<void>()
@@ -177,6 +231,7 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
         if (Exit.isSuccess(exit)) {
           if (!exit.value) return yield* Effect.sleep(50)
           done++
+          yield* Metric.update(jobsDone, 1)
           latencies.push(performance.now() - started)
         } else if (!Exit.hasFails(exit)) {
           const name = errorName(exit)
@@ -186,10 +241,12 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
     }).pipe(Effect.forever, Effect.provide(workers))
 
     const max = pool.options.max
-    console.log(`Running ${flags.workers} workers for ${flags.duration} s on a pool of ${max}`)
+    const noisy = yield* Effect.provide(liveViewAndNoise(flags, db.projects[0], counted), workers)
+    const until = flags.duration === undefined ? "until Ctrl-C" : `for ${flags.duration} s`
+    console.log(`Running ${flags.workers} workers ${until} on a pool of ${max}`)
     const started = performance.now()
     const fibers = yield* Effect.forkChild(
-      Effect.all(Array.from({ length: flags.workers }, () => worker), { concurrency: "unbounded", discard: true })
+      Effect.all([...Array.from({ length: flags.workers }, () => worker), ...noisy], { concurrency: "unbounded", discard: true })
     )
     const backendsNow = Effect.map(
       adminSql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`,
@@ -216,7 +273,8 @@ const run = (flags: Flags, databaseUrl: Redacted.Redacted<string>) =>
           ` (${meanWait.toFixed(1)} ms per checkout)  backends ${backends}  turned away ${turnedAway}  errors ${failed}\n`
       )
     })))
-    yield* Effect.raceFirst(Effect.sleep(flags.duration * 1_000), Deferred.await(stopRequested)).pipe(
+    const duration = flags.duration === undefined ? Effect.never : Effect.sleep(flags.duration * 1_000)
+    yield* Effect.raceFirst(duration, Deferred.await(stopRequested)).pipe(
       Effect.ensuring(Fiber.interrupt(progress)),
       // A run shorter than the progress line's second is sampled once before it ends.
       Effect.ensuring(Effect.ignore(backendsNow)),

@@ -31,3 +31,6 @@ export * as Notifications from "./Notifications.ts"
 
 /** The pool from Promise-based code (SvelteKit, plain Node): one runtime per process, typed rejections, a clean close. @since 0.2.0 */
 export * as PoolRuntime from "./PoolRuntime.ts"
+
+/** The live view of the pool: a page on 127.0.0.1 that follows its counts and metrics. @since 0.2.0 */
+export * as Dashboard from "./Dashboard.ts"
