@@ -7,11 +7,13 @@
  * loaded from elsewhere; Node's `http` alone.
  *
  * ```ts
- * import { Effect, Layer, Metric } from "effect"
+ * import { Layer, Metric } from "effect"
  * import { Dashboard, Pool } from "@meshhook/pool"
  *
  * const jobs = Metric.counter("worker.jobs", { incremental: true })
- * const Live = Dashboard.layer({ port: 9465, jobs }).pipe(Layer.provideMerge(Pool.layer({ url, max: 8 })))
+ * const Live = Dashboard.layer({ port: 9465, jobs }).pipe(
+ *   Layer.provideMerge(Pool.layer({ url: process.env.DATABASE_URL, max: 8 }))
+ * )
  * // http://127.0.0.1:9465/ while the layer's scope is open
  * ```
  *
@@ -58,7 +60,7 @@ export interface Options {
   readonly jobs?: Metric.Metric<number, Metric.CounterState<number>> | undefined
   /** How often the page gets a new frame, its rates and percentiles over that interval. Default 1 second. */
   readonly interval?: Duration.Input | undefined
-  /** The tenants with the most waiters to show, at most 10 (all `Pool.stats` names). Default 10. */
+  /** The tenants with the most waiters to show, from 0 to 10 (all that `Pool.stats` names). Default 10. */
   readonly topTenants?: number | undefined
 }
 
@@ -145,7 +147,10 @@ const listen = (server: Http.Server, host: string, port: number) =>
     })
   })
 
-/** Ends the streams and the page's keep-alive connections, which would hold `close` open, and closes. */
+/**
+ * Ends the streams, closes the server, and drops the connections still open
+ * (a request half sent), which `close` would otherwise wait for.
+ */
 const close = (live: Server.LiveServer) =>
   Effect.callback<void>((resume) => {
     live.close()
@@ -175,7 +180,7 @@ const follow = Effect.fnUntraced(function*(pool: Pool.Pool["Service"], live: Ser
     pool: pool.options.name,
     sizing: pool.options.sizing,
     tenantNames: pool.options.tenantTelemetry,
-    topTenants: Math.min(10, options.topTenants ?? 10)
+    topTenants: Math.max(0, Math.min(10, options.topTenants ?? 10))
   }
   const read = reader(pool, options.jobs)
   let before = yield* read

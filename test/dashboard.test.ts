@@ -16,6 +16,7 @@ import * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import { createHash } from "node:crypto"
 import * as Http from "node:http"
+import * as Net from "node:net"
 import * as Dashboard from "../src/Dashboard.ts"
 import * as Readings from "../src/internal/dashboard/readings.ts"
 import type { Stats } from "../src/internal/engine/engine.ts"
@@ -279,17 +280,28 @@ describe("the live view's server", () => {
       assert.match(error.message, /ECONNREFUSED/)
     })))
 
-  it.live("closing the scope ends open streams and closes the server", () =>
-    Effect.gen(function*() {
+  it.live("closing the scope ends open streams and closes the server, without waiting for a request half sent", () =>
+    Effect.scoped(Effect.gen(function*() {
       const scope = yield* Scope.make()
-      const { url } = (yield* Scope.provide(served(), scope)).dashboard
+      const { url, port } = (yield* Scope.provide(served(), scope)).dashboard
       const stream = yield* openStream(url)
+      yield* halfSentRequest(port)
       yield* Scope.close(scope, Exit.void).pipe(Effect.timeout("2 seconds"))
       yield* stream.ended.pipe(Effect.timeout("2 seconds"))
       const error = yield* Effect.flip(request(url))
       assert.match(error.message, /ECONNREFUSED/)
-    }))
+    })))
 })
+
+/** A connection that sends part of a request's headers and no more, for the scope; once the server has them. */
+const halfSentRequest = (port: number) =>
+  Effect.acquireRelease(
+    Effect.callback<Net.Socket>((resume) => {
+      const socket = Net.connect(port, "127.0.0.1", () =>
+        socket.write("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n", () => resume(Effect.succeed(socket))))
+    }),
+    (socket) => Effect.sync(() => socket.destroy())
+  ).pipe(Effect.tap(() => Effect.sleep(50))) // the server reads it on its next turn
 
 /** A stream of the feed, open once its first bytes arrived; `ended` when the server ends it. */
 const openStream = (url: string) =>
