@@ -156,8 +156,8 @@ describe("the live view in a browser", () => {
       const url = `http://127.0.0.1:${port}/`
       const html = yield* Effect.scoped(Effect.gen(function*() {
         const page = yield* browserPage
-        // Until the job has made its database and started serving.
-        yield* Effect.retry(Effect.tryPromise(() => page.goto(url)), { times: 150, schedule: Schedule.spaced("200 millis") })
+        // Until the job has started its server, made its database and started serving (a minute at most).
+        yield* Effect.retry(Effect.tryPromise(() => page.goto(url)), { times: 300, schedule: Schedule.spaced("200 millis") })
         const screenshot = process.env.MESHHOOK_DASHBOARD_SCREENSHOT
         // For the screenshot, a few seconds of history in the chart.
         const frames = screenshot === undefined ? 1 : 5
@@ -173,7 +173,7 @@ describe("the live view in a browser", () => {
       const project = /Noisy tenant: 30 more callers as project ([0-9a-f-]{36})/.exec(output)?.[1]
       assert.isDefined(project, output)
       assert.notInclude(html, project!)
-    }), 60_000)
+    }), 90_000)
 })
 
 describe("the main job's --dashboard", () => {
