@@ -76,6 +76,12 @@ describe("operators' files", () => {
     ])
   })
 
+  it("every series the recorded pools exported names its pool, retries and notification gaps too", () => {
+    const unnamed = recorded.filter((sample) => sample.name !== "target_info" && sample.labels.db_client_connection_pool_name === undefined)
+    assert.deepStrictEqual([...new Set(unnamed.map((sample) => sample.name))], [])
+    assert.includeMembers(recorded.map((sample) => sample.name), ["meshhook_pool_retries_total", "meshhook_pool_notifications_gaps_total"])
+  })
+
   it("the recorded scrapes hold no tenant id in the clear", () => {
     const tenants = recorded.flatMap((sample) => sample.labels.meshhook_tenant ?? [])
     assert.isNotEmpty(tenants)
