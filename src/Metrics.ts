@@ -38,6 +38,7 @@
  *
  * @since 0.1.0
  */
+import * as Context from "effect/Context"
 import * as Metric from "effect/Metric"
 
 /** Wait and use times: from 50 µs to 10 s, finer where connection waits live. */
@@ -136,5 +137,21 @@ export const metrics = {
 
 /** The attribute naming the pool. @since 0.1.0 */
 export const poolNameAttribute = "db.client.connection.pool.name"
+
+/**
+ * The name of the pool whose layer the current work runs on, if any: the
+ * series counted in the caller's fiber (retries, notification gaps) carry it.
+ * The pool's layer provides it.
+ *
+ * @since 0.2.0
+ * @category references
+ */
+export const CurrentPoolName = Context.Reference<string | undefined>("@meshhook/pool/Metrics/CurrentPoolName", {
+  defaultValue: () => undefined
+})
+
+/** The pool's name as an attribute, when the work runs on a pool's layer. @internal */
+export const poolNameOf = (name: string | undefined): Record<string, string> =>
+  name === undefined ? {} : { [poolNameAttribute]: name }
 /** The attribute naming the tenant (plain or hashed). @since 0.1.0 */
 export const tenantAttribute = "meshhook.tenant"

@@ -34,13 +34,11 @@ import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
-import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type { SqlError } from "effect/sql/SqlError"
 import * as Stream from "effect/Stream"
 import { channelTooLong } from "./internal/client/pgClient.ts"
-import { metrics, poolNameAttribute } from "./Metrics.ts"
-import { Pool } from "./Pool.ts"
+import { CurrentPoolName, metrics, poolNameOf } from "./Metrics.ts"
 import * as PoolError from "./PoolError.ts"
 
 /**
@@ -119,9 +117,8 @@ export const stream = (
   return Stream.callback<Event, SqlError, PgClient.PgClient>((out) =>
     Effect.gen(function*() {
       const pg = yield* PgClient.PgClient
-      // On a pool's layer, its Pool service names the pool the gaps are counted under.
-      const pool = Option.getOrUndefined(yield* Effect.serviceOption(Pool))
-      const gapsHere = gaps(pool === undefined ? {} : { [poolNameAttribute]: pool.options.name })
+      // On a pool's layer, the gaps are counted under its name.
+      const gapsHere = gaps(poolNameOf(yield* Effect.service(CurrentPoolName)))
       let missed: SqlError | undefined
       let failures = 0
       /** Listens to every channel, then forwards until a queue fails with the connection. */

@@ -48,13 +48,12 @@ import * as SqlClientImpl from "./internal/client/sqlClient.ts"
 import * as PoolConfig from "./PoolConfig.ts"
 import * as Retry from "./Retry.ts"
 import type { DatabaseUnavailableError, PoolConfigError } from "./PoolError.ts"
+import * as Metrics from "./Metrics.ts"
 
 /**
- * A snapshot of the pool's counts: `total` (idle + used), `idle`, `used`,
- * `pending` (callers waiting), `creating` (connections being opened), `min`,
- * `max`, the current `limit` and `circuit`, and since the start `checkouts`
- * and the `checkoutWaitMillis` they waited in line (their growth over an
- * interval gives the mean wait).
+ * A snapshot of the pool's counts: connections by state, callers waiting
+ * (and the tenants most backed up), the limit, the circuit, and checkouts
+ * since the start; each field says what it counts.
  *
  * @since 0.1.0
  * @category models
@@ -269,6 +268,7 @@ export const layerFrom = <E, R>(
         Context.add(SqlClient.SqlClient, sql),
         Context.add(PgClient.PgClient, sql),
         Context.add(Retry.CurrentPolicy, { attempts: retryAttempts, base: retryBase, max: retryMax }),
+        Context.add(Metrics.CurrentPoolName, pool.options.name),
         // Statement spans become the parents of the pool's spans (connection waits) and get its attributes.
         Context.add(Statement.SpanPropagationEnabled, true)
       )

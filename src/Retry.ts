@@ -35,10 +35,7 @@ import { SqlError } from "effect/sql/SqlError"
 import * as Tracer from "effect/Tracer"
 import { sqlStateOf } from "./internal/postgres/sqlState.ts"
 import type { RetryKind } from "./internal/telemetry.ts"
-import { metrics, poolNameAttribute } from "./Metrics.ts"
-// Pool.ts imports this module too (its layer provides CurrentPolicy); each reads the other only when
-// called, so the cycle is settled before either is used.
-import { Pool } from "./Pool.ts"
+import { CurrentPoolName, metrics, poolNameOf } from "./Metrics.ts"
 import { defaults } from "./PoolConfig.ts"
 import { isPoolError } from "./PoolError.ts"
 
@@ -116,8 +113,7 @@ const noteRetry = (kind: RetryKind, error: unknown) =>
     const span = Context.getOrUndefined(fiber.context, Tracer.ParentSpan)
     const failure = error instanceof SqlError ? sqlStateOf(error) ?? error.reason._tag : String(error)
     if (span?._tag === "Span") span.event("meshhook.pool.retry", fiber.getRef(Clock.Clock).currentTimeNanosUnsafe(), { kind, failure })
-    const pool = Context.getOrUndefined(fiber.context, Pool)
-    const attributes = { "meshhook.pool.retry.kind": kind, ...(pool === undefined ? {} : { [poolNameAttribute]: pool.options.name }) }
+    const attributes = { "meshhook.pool.retry.kind": kind, ...poolNameOf(fiber.getRef(CurrentPoolName)) }
     return Metric.update(metrics.retries(attributes), 1)
   })
 
