@@ -83,7 +83,19 @@ describe("PoolConfig.resolve", () => {
     ["a key that is no option, whose value may be a secret", { ...valid, passwd: secret }, "passwd", /did you mean password\?/],
     ["a key far from every option", { ...valid, flux: 1 }, "flux", /^not an option of the pool$/],
     ["a PgClient name that says otherwise than the pool's own", { ...valid, max: 5, maxConnections: 8 }, "maxConnections", /max \(5\)/],
-    ["multiplex: false beside a pipelineDepth above 1", { ...valid, multiplex: false, pipelineDepth: 8 }, "multiplex", /pipelineDepth/]
+    ["multiplex: false beside a pipelineDepth above 1", { ...valid, multiplex: false, pipelineDepth: 8 }, "multiplex", /pipelineDepth/],
+    [
+      "pipelining behind a transaction-mode pooler, which may misframe it",
+      { ...valid, behindPooler: "transaction", pipelineDepth: 16 },
+      "pipelineDepth",
+      /at most 1 behind a transaction-mode pooler/
+    ],
+    [
+      "pipelining behind a pooler under PgClient's name",
+      { ...valid, behindPooler: "transaction", multiplexConcurrency: 4 },
+      "pipelineDepth",
+      /at most 1 behind a transaction-mode pooler/
+    ]
   ]
   for (const [what, options, field, reason] of names) {
     it.effect(`rejects ${what}, naming it`, () =>

@@ -3,6 +3,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Context from "effect/Context"
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -25,7 +26,9 @@ describe("Pool through SqlClient", () => {
       assert.strictEqual(echo.text, injected)
     }).pipe(Effect.provide(poolLayer())))
 
-  it.live("pipelines concurrent statements on shared connections, each caller getting its own answer", () => {
+  // Behind a transaction-mode pooler a pipelineDepth above 1 is refused (test/config.pg.test.ts): PgBouncer may
+  // switch server connections between pipelined transactions and misframe them.
+  it.live.skipIf(behindPooler() !== "none")("pipelines concurrent statements on shared connections, each caller getting its own answer", () => {
     const app = uniqueName("pipelined")
     return Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
@@ -40,8 +43,9 @@ describe("Pool through SqlClient", () => {
         { concurrency: "unbounded" }
       )
       results.forEach((exit, i) => {
-        if (i % 7 === 3) assert.strictEqual(sqlStateOfExit(exit), "22012", `statement ${i} should fail: division by zero`)
-        else assert.strictEqual(Exit.isSuccess(exit) ? exit.value[0].n : undefined, i)
+        const got = Exit.isSuccess(exit) ? JSON.stringify(exit.value) : Cause.pretty(exit.cause)
+        if (i % 7 === 3) assert.strictEqual(sqlStateOfExit(exit), "22012", `statement ${i} should fail: division by zero; got ${got}`)
+        else assert.strictEqual(Exit.isSuccess(exit) ? exit.value[0].n : undefined, i, `statement ${i}; got ${got}`)
       })
       assert.isAtMost(yield* backends(side, app), 2)
     }).pipe(Effect.provide(poolLayer({ applicationName: app, max: 2, pipelineDepth: 16 })))

@@ -13,7 +13,7 @@
 import * as Result from "effect/Result"
 import type { Options } from "../../PoolConfig.ts"
 import { PoolConfigError } from "../../PoolError.ts"
-import { specs, table, type Values } from "./options.ts"
+import { type Spec, specs, table, type Values } from "./options.ts"
 
 /**
  * The problems found so far.
@@ -77,8 +77,8 @@ const render = (value: unknown): string => {
 /**
  * Every option (under the pool's own names) checked by its kind, with its
  * default where none is given (its pooled default behind a
- * transaction-mode pooler), and none above the option its record says it
- * must not exceed.
+ * transaction-mode pooler), none above the option its record says it must
+ * not exceed, and none above what is safe behind a pooler.
  *
  * @internal
  */
@@ -93,12 +93,17 @@ export const validate = (options: Options, problems: Problems): Values => {
     if (Result.isSuccess(result)) values[field] = result.success
     else problems.report(field, input, result.failure)
   }
-  for (const [field, spec] of specs) {
-    if (spec.notAbove === undefined) continue
-    const [value, limit] = [values[field], values[spec.notAbove]]
-    if (typeof value === "number" && typeof limit === "number" && value > limit) {
-      problems.report(field, value, `must not exceed ${spec.notAbove} (${limit})`)
-    }
-  }
+  for (const [field, spec] of specs) limits(field, spec, values, pooled, problems)
   return values as Values
+}
+
+/** An option's value against the option it must not exceed, and against what is safe behind a pooler. */
+const limits = (field: string, spec: Spec<unknown>, values: Record<string, unknown>, pooled: boolean, problems: Problems) => {
+  const value = values[field]
+  if (typeof value !== "number") return
+  const limit = spec.notAbove === undefined ? undefined : values[spec.notAbove]
+  if (typeof limit === "number" && value > limit) problems.report(field, value, `must not exceed ${spec.notAbove} (${limit})`)
+  if (pooled && spec.pooledAtMost !== undefined && value > spec.pooledAtMost.value) {
+    problems.report(field, value, `must be at most ${spec.pooledAtMost.value} behind a transaction-mode pooler: ${spec.pooledAtMost.why}`)
+  }
 }

@@ -47,6 +47,8 @@ export interface Spec<In> {
   readonly shown?: string
   /** Another option this one must not exceed. */
   readonly notAbove?: keyof Options
+  /** The most it may be behind a transaction-mode pooler, and why: more would not be safe there. */
+  readonly pooledAtMost?: { readonly value: number; readonly why: string }
   /** For `PgClient`'s names: the pool's own option it stands for. */
   readonly aliasOf?: keyof Options
   /** The value it stands for there, if not its own; `undefined` for nothing. A method, as `Kind.show` is. */
@@ -212,7 +214,7 @@ export const table = {
     env: "PGPOOL_BEHIND_POOLER",
     default: "none",
     doc: "`transaction` behind a transaction-mode pooler (PgBouncer, Supavisor, the Supabase pooler): `prepare` " +
-      "and `pipelineDepth` default to false and 1, one transaction at a time goes out on a connection, the " +
+      "defaults to false and `pipelineDepth` is 1, one transaction at a time goes out on a connection, the " +
       "prologue pins instead of refusing, and statements that could leave session state are refused with " +
       "`SessionStateNotAllowedError` before they are sent (docs/scaling.md)."
   },
@@ -222,10 +224,15 @@ export const table = {
     env: "PGPOOL_PIPELINE_DEPTH",
     default: 16,
     pooled: 1,
+    pooledAtMost: {
+      value: 1,
+      why: "a transaction-mode pooler may switch server connections between transactions pipelined on one " +
+        "client connection and misframe them (docs/scaling.md)"
+    },
     doc: "Lone statements (queries and DML, with a tenant or without) that share one connection, pipelined, each " +
       "in an implicit transaction of its own. One connection is filled before the next is used. `1` gives every " +
       "statement a connection of its own. Higher trades tail latency (statements queue behind each other) for " +
-      "throughput."
+      "throughput. Behind a pooler only `1` is accepted: it may misframe transactions pipelined on one connection."
   },
   maxWaiting: {
     section: "pool",
