@@ -198,4 +198,22 @@ describe("the environment", () => {
         }
       )
     }).pipe(Effect.runSync))
+
+  it("reads a value with spaces around it, and infinity in any case, as env files and templates leave them", () =>
+    Effect.gen(function*() {
+      const read = yield* fromEnv({
+        PGPOOL_MAX: " 20 ",
+        PGPOOL_MAX_WAITING: "infinity",
+        PGPOOL_TENANT_MAX_QUEUED: " INFINITY",
+        PGPOOL_ACQUIRE_TIMEOUT: " 10s ",
+        PGPOOL_MAX_LIFETIME: "infinity"
+      })
+      const resolved = yield* PoolConfig.resolve({ ...target, ...read })
+      assert.deepStrictEqual(
+        [resolved.max, resolved.maxWaiting, resolved.tenantMaxQueued, resolved.acquireTimeout, resolved.maxLifetime],
+        [20, Infinity, Infinity, 10_000, Infinity]
+      )
+      const error = yield* Effect.flip(fromEnv({ PGPOOL_MAX: "  " }))
+      assert.include(error.message, "PGPOOL_MAX")
+    }).pipe(Effect.runSync))
 })

@@ -51,7 +51,7 @@ export interface Kind<In, Out> {
  */
 export const parsed = <A>(parse: (text: string) => A | undefined, expected: string) => (name: string): Config.Config<A> =>
   Config.String(name).pipe(Config.mapEffect((text) => {
-    const value = parse(text)
+    const value = parse(variableText(text))
     return value === undefined
       ? Effect.fail(
         new Config.ConfigError(
@@ -60,6 +60,21 @@ export const parsed = <A>(parse: (text: string) => A | undefined, expected: stri
       )
       : Effect.succeed(value)
   }))
+
+/**
+ * A variable's text as the kinds read it: env files and templating often
+ * leave spaces around a value, and `infinity` is as good as `Infinity`.
+ */
+const variableText = (text: string): string => {
+  const trimmed = text.trim()
+  return /^[+-]?infinity$/i.test(trimmed) ? trimmed.replace(/infinity/i, "Infinity") : trimmed
+}
+
+/** A number as a variable gives it, or `undefined` when it is none. */
+const numberOf = (text: string): number | undefined => {
+  const value = text === "" ? NaN : Number(text)
+  return Number.isNaN(value) ? undefined : value
+}
 
 /**
  * A whole number from `min` (and up to `max`); `Infinity` if `infinite`.
@@ -76,7 +91,7 @@ export const count = (
     if (limits.max !== undefined && input > limits.max) return Result.fail(`must be at most ${limits.max}`)
     return Result.succeed(input)
   },
-  variable: (name) => Config.Number(name),
+  variable: parsed(numberOf, "a number"),
   values: `whole number${limits.max === undefined ? ` ≥ ${limits.min}` : `, ${limits.min} to ${limits.max}`}${
     limits.infinite ? " or `Infinity`" : ""
   }`,
@@ -93,7 +108,7 @@ export const between = (min: number, max: number): Kind<number, number> => ({
     typeof input === "number" && input >= min && input <= max
       ? Result.succeed(input)
       : Result.fail(`must be between ${min} and ${max}`),
-  variable: (name) => Config.Number(name),
+  variable: parsed(numberOf, "a number"),
   values: `${min} to ${max}`,
   show: String
 })
