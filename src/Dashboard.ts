@@ -27,10 +27,11 @@
  */
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import type * as Http from "node:http"
@@ -111,6 +112,8 @@ export const make = Effect.fnUntraced(function*(
   if (!Number.isInteger(port) || port < 0 || port > 65_535) {
     return yield* new DashboardError({ host, port, detail: "a port is a whole number from 0 to 65535" })
   }
+  const problem = settingProblem(options)
+  if (problem !== undefined) return yield* new DashboardError({ host, port, detail: problem })
   if (!loopback && options.allowRemote !== true) {
     return yield* new DashboardError({
       host,
@@ -119,7 +122,10 @@ export const make = Effect.fnUntraced(function*(
     })
   }
   const live = Server.make({ loopbackNames: loopback })
-  const address = yield* Effect.acquireRelease(listen(live.server, host, port), () => close(live))
+  // Once listening, a failure to accept (out of file descriptors) must not crash the worker it watches.
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const warn = (error: Error) => void runFork(Effect.logWarning(`Live view: ${error.message}`))
+  const address = yield* Effect.acquireRelease(listen(live.server, host, port, warn), () => close(live))
   yield* follow(yield* Pool.Pool, live, options)
   const url = `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}/`
   yield* Effect.logInfo(`Live view of the pool on ${url}`)
@@ -136,16 +142,27 @@ export const make = Effect.fnUntraced(function*(
 export const layer = (options: Options = {}): Layer.Layer<Dashboard, DashboardError, Pool.Pool> =>
   Layer.effect(Dashboard, make(options))
 
-/** Starts listening; a failure to (a port taken) is a typed error. */
-const listen = (server: Http.Server, host: string, port: number) =>
+/** Starts listening; a failure to (a port taken) is a typed error, and later ones go to `onError`. */
+const listen = (server: Http.Server, host: string, port: number, onError: (error: Error) => void) =>
   Effect.callback<Net.AddressInfo, DashboardError>((resume) => {
     const failed = (error: Error) => resume(Effect.fail(new DashboardError({ host, port, detail: error.message })))
     server.once("error", failed)
     server.listen(port, host, () => {
       server.off("error", failed)
+      server.on("error", onError)
       resume(Effect.succeed(server.address() as Net.AddressInfo))
     })
   })
+
+/** What is wrong with the interval or the number of tenants shown, if anything. */
+const settingProblem = (options: Options): string | undefined => {
+  const given = options.interval === undefined ? Option.some(Duration.seconds(1)) : Duration.fromInput(options.interval)
+  const interval = Option.match(given, { onNone: () => NaN, onSome: Duration.toMillis })
+  if (!(interval >= 100 && Number.isFinite(interval))) return "interval must be a finite duration of at least 100 ms"
+  const top = options.topTenants ?? 10
+  if (!Number.isInteger(top) || top < 0 || top > 10) return "topTenants is a whole number from 0 to 10"
+  return undefined
+}
 
 /**
  * Ends the streams, closes the server, and drops the connections still open
@@ -180,7 +197,7 @@ const follow = Effect.fnUntraced(function*(pool: Pool.Pool["Service"], live: Ser
     pool: pool.options.name,
     sizing: pool.options.sizing,
     tenantNames: pool.options.tenantTelemetry,
-    topTenants: Math.max(0, Math.min(10, options.topTenants ?? 10))
+    topTenants: options.topTenants ?? 10
   }
   const read = reader(pool, options.jobs)
   let before = yield* read

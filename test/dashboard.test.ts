@@ -8,6 +8,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -252,7 +253,7 @@ describe("the live view's server", () => {
       assert.strictEqual((yield* request(url, { headers: { host: `localhost:${port}` } })).status, 200)
     })))
 
-  it.live("refuses a host that is not loopback unless allowed, a bad port and a taken one", () =>
+  it.live("refuses a host that is not loopback unless allowed, a bad port, a taken one and bad settings", () =>
     Effect.gen(function*() {
       for (const host of ["0.0.0.0", "192.0.2.1", "example.com", "::"]) {
         const error = yield* failure(served({ host }))
@@ -260,6 +261,13 @@ describe("the live view's server", () => {
         assert.match((error as Error).message, /not a loopback address/)
       }
       assert.match(String(yield* failure(served({ port: 70_000 }))), /whole number from 0 to 65535/)
+      // A zero interval would spin; more than ten tenants, or a fraction of one, is not what the page shows.
+      for (const interval of [0, "-1 second", "soon", "Infinity"] as ReadonlyArray<Duration.Input>) {
+        assert.match(String(yield* failure(served({ interval }))), /interval must be/, String(interval))
+      }
+      for (const topTenants of [11, -1, 2.5, NaN]) {
+        assert.match(String(yield* failure(served({ topTenants }))), /topTenants is a whole number/, String(topTenants))
+      }
       yield* Effect.scoped(Effect.gen(function*() {
         const { port } = (yield* served()).dashboard
         assert.match(String(yield* failure(served({ port }))), /EADDRINUSE/)
