@@ -90,8 +90,9 @@ export interface Options {
  * Gaps in listening, each a span of time whose notifications were lost: the
  * series of the attributes given, `{ "db.client.connection.pool.name": name }`
  * for the streams on a pool's layer, `{}` for those on another `PgClient`.
+ * (In 0.1.0 it was the metric itself, without the pool's name.)
  *
- * @since 0.1.0
+ * @since 0.2.0
  * @category metrics
  */
 export const gaps = metrics.notificationGaps
