@@ -118,7 +118,10 @@ describe("SqlText", () => {
       ["PREPARE TRANSACTION 'x'", undefined, false],
       ["(COMMIT", "commit", false],
       ["COMMIT; SELECT 1", "commit", false],
-      ["SELECT 'COMMIT'", undefined, false]
+      ["SELECT 'COMMIT'", undefined, false],
+      // Left open, the text is the server's to refuse: no plain end is answered for it.
+      ["COMMIT /* never closed", "commit", false],
+      ["END e' FOR", "commit", false]
     ]
     for (const [sql, transaction, plainEnd] of cases) {
       const reading = SqlText.read(sql)

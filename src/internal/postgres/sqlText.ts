@@ -206,10 +206,14 @@ const token: Reader = (sql, i, tokens) => {
  *
  * @internal
  */
-export const tokenize = (sql: string): Array<Token> => {
+export const tokenize = (sql: string): Array<Token> => lexed(sql).tokens
+
+/** The tokens, and whether the text ended where a token could end (no string or comment left open). */
+const lexed = (sql: string): { readonly tokens: Array<Token>; readonly complete: boolean } => {
   const tokens: Array<Token> = []
-  for (let i = 0; i >= 0 && i < sql.length;) i = token(sql, i, tokens)
-  return tokens
+  let i = 0
+  while (i >= 0 && i < sql.length) i = token(sql, i, tokens)
+  return { tokens, complete: i >= 0 }
 }
 
 /**
@@ -541,7 +545,7 @@ export const perText = <A>(f: (sql: string) => A): (sql: string) => A => {
  * @internal
  */
 export const read: (sql: string) => Reading = perText((sql) => {
-  const tokens = tokenize(sql)
+  const { tokens, complete } = lexed(sql)
   const at = firstAt(tokens)
   const first = at < 0 ? "" : tokens[at].text
   const transaction = at < 0 ? undefined : transactionOf(tokens, at)
@@ -550,7 +554,8 @@ export const read: (sql: string) => Reading = perText((sql) => {
     effect: neutralStarts.has(first) ? "neutral" : controlStarts.has(first) || first === "prepare" ? "control" : "other",
     sessionState: sessionStateOf(tokens, first),
     transaction,
-    plainEnd: isPlainEnd(tokens, at, transaction)
+    // A text left open (`COMMIT /*`) is the server's to refuse, not a plain end to answer for it.
+    plainEnd: complete && isPlainEnd(tokens, at, transaction)
   }
 })
 
