@@ -180,7 +180,8 @@ export const make = <R, ER>(layer: Layer.Layer<R | Pool.Services, ER>): PoolRunt
       return closed
     },
     closeOn: (events, options) => {
-      listeners.add(closeOnce(events, options, dispose, listeners))
+      // A closed runtime has nothing to close: a listener would only swallow the first signal.
+      if (!closed) listeners.add(closeOnce(events, options, dispose, listeners))
       return self
     },
     dispose

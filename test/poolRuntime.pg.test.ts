@@ -209,6 +209,10 @@ describe("PoolRuntime", () => {
     await expect(runtime.forTenant(project).sql`SELECT 1`).rejects.toBeInstanceOf(PoolError.PoolClosedError)
     const later = await runtime.forTenant(project).runResult(seen)
     expect(Result.isFailure(later) && later.failure).toBeInstanceOf(PoolError.PoolClosedError)
+    // Closed, it listens for nothing: a listener would swallow the first signal of a process going down.
+    const listening = process.listenerCount("SIGUSR2")
+    runtime.closeOn(["SIGUSR2"])
+    expect(process.listenerCount("SIGUSR2")).toBe(listening)
     await runtime.dispose()
   })
 
