@@ -43,6 +43,11 @@ export class LinkedQueue<A> {
     return this.head
   }
 
+  /** The nodes, first to last; the queue must not change while they are walked. */
+  *[Symbol.iterator](): Iterator<A> {
+    for (let node = this.head; node !== undefined; node = this.link(node).next) yield node
+  }
+
   /** Links `node` in between `prev` and `next` (either end when `undefined`). */
   private place(node: A, prev: A | undefined, next: A | undefined): void {
     const link = this.link(node)

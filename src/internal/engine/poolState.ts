@@ -182,7 +182,7 @@ export class PoolState<C, W extends Waiting> {
   /** The tenants with the most callers in line, most first, at most `count` of them: who is backed up. */
   mostWaiting(count: number): Array<readonly [tenant: string, waiting: number]> {
     const byTenant = new Map<string, number>()
-    for (let waiter = this.waiters.peek(); waiter !== undefined; waiter = waiter.arrival.next) {
+    for (const waiter of this.waiters) {
       const tenant = waiter.request.tenant
       if (tenant !== "") byTenant.set(tenant, (byTenant.get(tenant) ?? 0) + 1)
     }
